@@ -1,0 +1,159 @@
+"""The ``refbench`` command line.
+
+Every user mistake ends in one line on stderr and exit status 2; results computed before the
+mistake surfaced stay in the store. Heavy libraries are imported only by the commands that run
+models, so ``refbench ls`` answers instantly.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import warnings
+from pathlib import Path
+from typing import Any
+
+from refbench.errors import UserError
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message: str) -> None:  # one line, exit 2, no usage dump
+        self.exit(2, f"refbench: error: {message} (see '{self.prog} --help')\n")
+
+
+def _one_line_warning(message: Any, category: type, filename: str, lineno: int,
+                      line: str | None = None) -> str:
+    return f"refbench: warning: {message}\n"
+
+
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a whole number, got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number, got {value}")
+    return value
+
+
+def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--dataset", default="refshapes", help="dataset name (refbench ls datasets)")
+    p.add_argument("--split", default="val", help="split to evaluate")
+    p.add_argument("--data-root", type=Path, default=None,
+                   help="dataset folder (default: ./data/<dataset's folder>)")
+    p.add_argument("--split-by", default=None, help="RefCOCO family: unc, google or umd")
+    p.add_argument("--image-dir", type=Path, default=None, help="image folder, if not the default")
+
+
+def _dataset_options(args: argparse.Namespace) -> dict[str, Any]:
+    options: dict[str, Any] = {}
+    if args.split_by:
+        options["split_by"] = args.split_by
+    if args.image_dir:
+        options["image_dir"] = args.image_dir
+    return options
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="refbench", description="Benchmark text-to-image diffusion models as "
+                     "text-driven image segmenters.")
+    parser.add_argument("--strict-plugins", action="store_true",
+                        help="fail when any plugin cannot be loaded (default: warn and skip it)")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+
+    ls = sub.add_parser("ls", help="list installed methods, datasets and backbones")
+    ls.add_argument("what", nargs="?", choices=["methods", "datasets", "backbones", "all"], default="all")
+
+    data = sub.add_parser("data", help="data utilities")
+    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
+    shapes = data_sub.add_parser("make-shapes", help="generate the synthetic RefShapes data set")
+    shapes.add_argument("--out", type=Path, default=Path("data/refshapes"))
+    shapes.add_argument("--seed", type=int, default=0)
+    for split, default in (("train", 600), ("val", 100), ("testA", 60), ("testB", 60)):
+        shapes.add_argument(f"--{split}", type=int, default=default, metavar="IMAGES",
+                            help=f"images in {split} (default {default})")
+
+    run = sub.add_parser("run", help="evaluate methods on a dataset split")
+    run.add_argument("--methods", required=True, help="comma-separated method names")
+    _add_dataset_args(run)
+    run.add_argument("--limit", type=_positive_int, default=None,
+                     help="first N samples only (a smoke test, not a real score)")
+    run.add_argument("--batch-size", type=_positive_int, default=8)
+    run.add_argument("--seed", type=int, default=0)
+    run.add_argument("--out", type=Path, default=None,
+                     help="run folder for results.json and store.sqlite (default runs/<dataset>-<split>)")
+    run.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                     help="override a config value; '*.KEY=VALUE' applies to every method having KEY")
+    run.add_argument("--threshold", type=float, default=0.5,
+                     help="score-map threshold to report (all sweep thresholds are stored)")
+    run.add_argument("--sweep-step", type=float, default=0.05, help="threshold sweep step")
+    run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+    return parser
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    from refbench.plugins import get_host
+
+    host = get_host(strict=args.strict_plugins)
+    sections = ["methods", "datasets", "backbones"] if args.what == "all" else [args.what]
+    for section in sections:
+        registry = getattr(host, section)
+        print(f"{section}:")
+        if not registry:
+            print("  (none)")
+        width = max((len(n) for n in registry), default=0)
+        for name, spec in sorted(registry.items()):
+            print(f"  {name.ljust(width)}  [{spec.plugin}]  {spec.summary}")
+    for failure in host.failures.values():
+        print(f"(not loaded: {failure})")
+    return 0
+
+
+def cmd_make_shapes(args: argparse.Namespace) -> int:
+    from refbench.data.shapes import ShapesConfig, generate
+
+    counts = {"train": args.train, "val": args.val, "testA": args.testA, "testB": args.testB}
+    if any(v < 0 for v in counts.values()):
+        raise UserError("image counts must be zero or more")
+    manifest = generate(args.out, ShapesConfig(seed=args.seed, images=counts))
+    print(f"wrote RefShapes to {args.out}: {manifest['images']} images, "
+          f"{manifest['annotations']} objects, {manifest['sentences']} sentences")
+    return 0
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from refbench.config import parse_overrides
+    from refbench.plugins import get_host
+    from refbench.runner import RunOptions, run
+
+    methods = [m.strip() for m in args.methods.split(",") if m.strip()]
+    options = RunOptions(
+        methods=methods, dataset=args.dataset, split=args.split, data_root=args.data_root,
+        dataset_options=_dataset_options(args), limit=args.limit, batch_size=args.batch_size,
+        seed=args.seed, out=args.out, overrides=parse_overrides(args.overrides),
+        threshold=args.threshold, sweep_step=args.sweep_step,
+        progress=not args.no_progress)
+    if not 0 < args.sweep_step < 1:
+        raise UserError(f"--sweep-step must be between 0 and 1, got {args.sweep_step}")
+    run(get_host(strict=args.strict_plugins), options)
+    return 0
+
+
+COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes}
+
+
+def main(argv: list[str] | None = None) -> int:
+    warnings.formatwarning = _one_line_warning  # type: ignore[assignment]
+    args = build_parser().parse_args(argv)
+    try:
+        return COMMANDS[args.command](args)
+    except UserError as error:
+        print(f"refbench: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("refbench: interrupted; finished batches are stored, rerun to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,144 @@
+"""Reader for COCO-style semantic segmentation from an instances file.
+
+    <root>/annotations/instances_<split>.json
+    <root>/<split>/<file_name>                  (image folder configurable)
+
+Per image, every category with visible pixels becomes one sample (its name is the text to
+segment); the image's label map is painted from the instance masks: crowd regions are ignored
+(255), then instances are painted largest first so a small object on a large one stays visible.
+A class's ground truth is exactly its pixels in that label map, so per-class and confusion-matrix
+scores agree.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from functools import cached_property, lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refbench.data.files import combine_hashes, file_sha256, read_json
+from refbench.data.masks import decode, encode, segmentation_to_rle
+from refbench.data.sample import Sample
+from refbench.errors import UserError, did_you_mean
+
+IGNORE = 255
+BACKGROUND = 0
+
+
+class CocoSemanticDataset:
+    """COCO instances read as a semantic segmentation task (classes present per image)."""
+
+    task = "semantic"
+
+    def __init__(self, root: Path, name: str = "coco", image_dir: str | Path | None = None,
+                 image_subdir: str = "{split}"):
+        self.root = Path(root)
+        self.name = name
+        self._image_dir = Path(image_dir) if image_dir else None
+        self.image_subdir = image_subdir
+
+    def _hint(self, split: str = "<split>") -> str:
+        return (f"expected the COCO layout {self.root}/annotations/instances_{split}.json with "
+                f"images under {self.image_dir(split)} (see the README's 'Data layout')")
+
+    def image_dir(self, split: str) -> Path:
+        return self._image_dir or self.root / self.image_subdir.format(split=split)
+
+    def _instances_path(self, split: str) -> Path:
+        return self.root / "annotations" / f"instances_{split}.json"
+
+    def splits(self) -> list[str]:
+        folder = self.root / "annotations"
+        return sorted(p.name[len("instances_"):-len(".json")]
+                      for p in folder.glob("instances_*.json")) if folder.is_dir() else []
+
+    @lru_cache(maxsize=4)
+    def _instances(self, split: str) -> dict[str, Any]:
+        path = self._instances_path(split)
+        if not path.is_file():
+            available = self.splits()
+            if available:
+                raise did_you_mean(split, available, f"split of {self.name}")
+        data = read_json(path, self._hint(split))
+        if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
+            raise UserError(f"{path} lacks images/annotations/categories: {self._hint(split)}")
+        return data
+
+    def category_names(self, split: str | None = None) -> dict[int, str]:
+        splits = [split] if split else self.splits()[:1]
+        names: dict[int, str] = {}
+        for s in splits:
+            names.update({int(c["id"]): c["name"] for c in self._instances(s)["categories"]})
+        return names
+
+    def fingerprint(self, split: str) -> str:
+        self._instances(split)  # validates presence first
+        return combine_hashes("coco-semantic", self.name, split,
+                              file_sha256(self._instances_path(split)))
+
+    @lru_cache(maxsize=4)
+    def _index(self, split: str) -> tuple[dict[int, dict[str, Any]], dict[int, list[dict[str, Any]]]]:
+        data = self._instances(split)
+        images = {int(img["id"]): img for img in data["images"]}
+        anns: dict[int, list[dict[str, Any]]] = defaultdict(list)
+        for ann in data["annotations"]:
+            anns[int(ann["image_id"])].append(ann)
+        return images, anns
+
+    def _paint(self, split: str, image_id: int) -> np.ndarray:
+        images, anns = self._index(split)
+        image = images[image_id]
+        h, w = int(image["height"]), int(image["width"])
+        labels = np.full((h, w), BACKGROUND, dtype=np.uint8)
+        masks = []
+        for ann in anns.get(image_id, []):
+            rle = segmentation_to_rle(ann.get("segmentation"), h, w, f"annotation {ann.get('id')}")
+            masks.append((bool(ann.get("iscrowd", 0)), decode(rle), int(ann["category_id"])))
+        for crowd, mask, _ in masks:
+            if crowd:
+                labels[mask] = IGNORE
+        for _, mask, category in sorted((m for m in masks if not m[0]), key=lambda m: -int(m[1].sum())):
+            if not 0 < category < IGNORE:
+                raise UserError(f"category id {category} is outside 1..254, which label maps need")
+            labels[mask] = category
+        return labels
+
+    def samples(self, split: str) -> list[Sample]:
+        images, _ = self._index(split)
+        names = self.category_names(split)
+        out: list[Sample] = []
+        for image_id in sorted(images):
+            image = images[image_id]
+            labels = self._paint(split, image_id)
+            present = sorted(int(c) for c in np.unique(labels) if c not in (BACKGROUND, IGNORE))
+            class_rles = {c: encode(labels == c) for c in present}
+            self._label_rles[image_id] = (encode(labels == IGNORE), class_rles)
+            for category in present:
+                out.append(Sample(
+                    sample_id=f"{image_id}:{category}", image_id=image_id,
+                    image_path=self.image_dir(split) / image["file_name"],
+                    height=int(image["height"]), width=int(image["width"]),
+                    expression=names.get(category, str(category)), gt=class_rles[category],
+                    group_id=str(image_id), meta={"category_id": category,
+                                                  "category": names.get(category, "")}))
+        return out
+
+    @cached_property
+    def _label_rles(self) -> dict[int, tuple[dict[str, Any], dict[int, dict[str, Any]]]]:
+        # Label maps are kept as RLEs (ignore region, then one per class): a dense map per
+        # image would take gigabytes over COCO val.
+        return {}
+
+    def label_map(self, image_id: int) -> np.ndarray:
+        """The painted label map of an image listed by ``samples``."""
+        try:
+            ignore, class_rles = self._label_rles[image_id]
+        except KeyError:
+            raise KeyError(f"image {image_id} was not listed by samples()") from None
+        labels = np.where(decode(ignore), IGNORE, BACKGROUND).astype(np.uint8)
+        for category, rle in class_rles.items():
+            labels[decode(rle)] = category
+        return labels

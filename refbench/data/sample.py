@@ -1,0 +1,63 @@
+"""The Sample record and the Dataset interface every reader implements."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+Task = Literal["referring", "semantic"]
+
+
+@dataclass(frozen=True)
+class Sample:
+    """One thing to segment: an image, a text, and the ground truth as COCO RLE.
+
+    For referring data a sample is one sentence (``sample_id`` is its sent_id). For semantic
+    data it is one class present in an image, and ``group_id`` ties the classes of one image
+    together so the image can be scored as a label map.
+    """
+
+    sample_id: str
+    image_id: int
+    image_path: Path
+    height: int
+    width: int
+    expression: str
+    gt: Mapping[str, Any]  # COCO RLE: {"size": [h, w], "counts": str}
+    group_id: str = ""
+    meta: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def group(self) -> str:
+        return self.group_id or self.sample_id
+
+
+class Dataset(Protocol):
+    """A reader of one data set on disk."""
+
+    name: str
+    task: Task
+
+    def splits(self) -> list[str]:
+        """The split names this copy of the data set has."""
+        ...
+
+    def samples(self, split: str) -> list[Sample]:
+        """All samples of ``split`` in a fixed order (groups contiguous)."""
+        ...
+
+    def fingerprint(self, split: str) -> str:
+        """A hash of everything that defines the split's samples and ground truth."""
+        ...
+
+    def label_map(self, image_id: int) -> np.ndarray:
+        """Semantic data only: per-pixel category id (0 background, 255 ignore)."""
+        ...
+
+    def category_names(self) -> dict[int, str]:
+        """Semantic data only: category id -> name."""
+        ...

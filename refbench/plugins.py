@@ -1,0 +1,146 @@
+"""Plugin host: loads built-in and third-party plugins and answers "which X is called NAME?".
+
+Plugins come from the ``refbench`` entry-point group (the built-ins included) and from the
+``REFBENCH_PLUGINS`` environment variable (comma-separated module names, for trying a plugin
+without packaging it). A plugin that fails to import is reported and skipped so one broken
+package cannot take the others down, unless strict loading is asked for.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import warnings
+from dataclasses import replace
+from functools import cached_property
+from importlib.metadata import entry_points
+from types import ModuleType
+from typing import TypeVar
+
+import pluggy
+
+from refbench import hookspecs
+from refbench.errors import UserError, did_you_mean
+from refbench.specs import BackboneSpec, DatasetSpec, MethodSpec
+
+ENTRY_POINT_GROUP = "refbench"
+ENV_PLUGINS = "REFBENCH_PLUGINS"
+
+Spec = TypeVar("Spec", MethodSpec, DatasetSpec, BackboneSpec)
+
+
+class PluginLoadWarning(UserWarning):
+    """A plugin could not be imported; its methods and datasets are unavailable."""
+
+
+class PluginHost:
+    """The loaded plugins and the registries of what they provide."""
+
+    def __init__(self, strict: bool = False, extra_modules: list[ModuleType] | None = None):
+        self.strict = strict
+        self.pm = pluggy.PluginManager("refbench")
+        self.pm.add_hookspecs(hookspecs)
+        self.failures: dict[str, str] = {}
+        self._load_entry_points()
+        self._load_env_modules()
+        for module in extra_modules or []:
+            self._register(module.__name__, module)
+
+    # -- loading ---------------------------------------------------------------------------
+    def _register(self, name: str, module: ModuleType) -> None:
+        if self.pm.is_registered(module) or self.pm.get_plugin(name) is not None:
+            return
+        self.pm.register(module, name=name)
+
+    def _fail(self, name: str, error: BaseException) -> None:
+        message = f"plugin {name!r} failed to load: {type(error).__name__}: {error}"
+        if self.strict:
+            raise UserError(f"{message} (remove or fix the plugin, or drop --strict-plugins)")
+        self.failures[name] = message
+        warnings.warn(f"{message}; it is skipped (--strict-plugins makes this an error)",
+                      PluginLoadWarning, stacklevel=3)
+
+    def _load_entry_points(self) -> None:
+        for ep in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda e: e.name):
+            try:
+                module = ep.load()
+            except Exception as error:  # any import-time failure of a plugin is isolated
+                self._fail(f"{ep.name} ({ep.value})", error)
+                continue
+            self._register(ep.name, module)
+
+    def _load_env_modules(self) -> None:
+        for name in filter(None, (s.strip() for s in os.environ.get(ENV_PLUGINS, "").split(","))):
+            try:
+                module = importlib.import_module(name)
+            except Exception as error:
+                self._fail(f"{name} (from ${ENV_PLUGINS})", error)
+                continue
+            self._register(name, module)
+
+    # -- registries ------------------------------------------------------------------------
+    def _collect(self, hook_name: str) -> dict[str, Spec]:
+        found: dict[str, Spec] = {}
+        hook = getattr(self.pm.hook, hook_name)
+        for impl in reversed(hook.get_hookimpls()):  # registration order
+            plugin_name = self.pm.get_name(impl.plugin) or "?"
+            try:
+                specs = impl.function() or []
+            except Exception as error:
+                self._fail(plugin_name, error)
+                continue
+            for spec in specs:
+                spec = replace(spec, plugin=plugin_name)
+                if spec.name in found:
+                    warnings.warn(
+                        f"{hook_name}: {spec.name!r} from plugin {plugin_name!r} is ignored; "
+                        f"plugin {found[spec.name].plugin!r} already provides it",
+                        PluginLoadWarning, stacklevel=2)
+                    continue
+                found[spec.name] = spec
+        return found
+
+    @cached_property
+    def methods(self) -> dict[str, MethodSpec]:
+        return self._collect("refbench_methods")
+
+    @cached_property
+    def datasets(self) -> dict[str, DatasetSpec]:
+        return self._collect("refbench_datasets")
+
+    @cached_property
+    def backbones(self) -> dict[str, BackboneSpec]:
+        return self._collect("refbench_backbones")
+
+    def method(self, name: str) -> MethodSpec:
+        return _lookup(self.methods, name, "method")
+
+    def dataset(self, name: str) -> DatasetSpec:
+        return _lookup(self.datasets, name, "dataset")
+
+    def backbone(self, name: str) -> BackboneSpec:
+        return _lookup(self.backbones, name, "backbone")
+
+
+def _lookup(registry: dict[str, Spec], name: str, what: str) -> Spec:
+    try:
+        return registry[name]
+    except KeyError:
+        raise did_you_mean(name, registry, what) from None
+
+
+_HOST: PluginHost | None = None
+
+
+def get_host(strict: bool = False) -> PluginHost:
+    """The process-wide plugin host (created on first use)."""
+    global _HOST
+    if _HOST is None or (strict and not _HOST.strict):
+        _HOST = PluginHost(strict=strict)
+    return _HOST
+
+
+def reset_host() -> None:
+    """Forget the loaded plugins (tests, and after installing a plugin in-process)."""
+    global _HOST
+    _HOST = None

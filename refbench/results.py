@@ -1,0 +1,106 @@
+"""From stored rows to reported numbers: metrics per method, results.json and the console table."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refbench.data.sample import Sample
+from refbench.metrics import confusion_miou, summarize_sweep, threshold_index
+from refbench.store import Store
+
+CONFUSION_SIZE = 256  # category ids are < 255 (255 = ignore); 0 is background
+
+
+def collect(store: Store, run_key: str, samples: Sequence[Sample], thresholds: Sequence[float],
+            report_threshold: float, semantic: bool = False) -> dict[str, Any]:
+    """Metrics of one run over exactly ``samples`` (rows of other samples are ignored)."""
+    wanted = {s.sample_id for s in samples}
+    rows = [r for r in store.rows(run_key) if r.sample_id in wanted]
+    missing = len(wanted) - len(rows)
+    t = len(thresholds)
+    inter = np.array([r.inter for r in rows], dtype=np.int64).reshape(-1, t)
+    pred = np.array([r.pred_area for r in rows], dtype=np.int64).reshape(-1, t)
+    gt = np.array([r.gt_area for r in rows], dtype=np.int64).reshape(-1, 1)
+    sweep = summarize_sweep(inter, pred + gt - inter, thresholds)
+    is_mask = bool(rows) and all(r.is_mask for r in rows)
+    k = threshold_index(thresholds, report_threshold)
+    result: dict[str, Any] = {
+        "n": len(rows), "missing": missing, "output": "mask" if is_mask else "scores",
+        "threshold": None if is_mask else report_threshold,
+        "metrics": {key: v for key, v in sweep[k].items() if key != "threshold"},
+        "counts": _counts(rows),
+    }
+    if not is_mask:
+        result["sweep"] = sweep
+    if semantic:
+        groups = {s.group for s in samples}
+        confusion = np.zeros((t, CONFUSION_SIZE, CONFUSION_SIZE), dtype=np.int64)
+        for g in store.groups(run_key):
+            if g.group_id in groups:
+                index = np.array([0] + list(g.classes))
+                confusion[:, index[:, None], index[None, :]] += g.confusion
+        per_threshold = [{"threshold": th, **confusion_miou(confusion[i])} for i, th in enumerate(thresholds)]
+        result["semantic"] = {key: v for key, v in per_threshold[k].items() if key != "threshold"}
+        if not is_mask:
+            result["semantic_sweep"] = per_threshold
+    return result
+
+
+def _counts(rows: Sequence[Any]) -> dict[str, float]:
+    """Sums of numeric per-sample info fields (e.g. how often a method fell back)."""
+    counts: dict[str, float] = {}
+    for row in rows:
+        for key, value in row.info.items():
+            if isinstance(value, bool | int | float):
+                counts[key] = counts.get(key, 0) + value
+    return counts
+
+
+def write_json(path: Path, payload: dict[str, Any]) -> None:
+    """Write atomically: a reader never sees half a results file."""
+    tmp = path.with_suffix(f".tmp{os.getpid()}")
+    tmp.write_text(json.dumps(payload, indent=2, sort_keys=False, default=_json_default) + "\n")
+    os.replace(tmp, path)
+
+
+def _json_default(value: Any) -> Any:
+    if isinstance(value, np.generic):
+        return value.item()
+    if isinstance(value, Path):
+        return str(value)
+    raise TypeError(f"not JSON serialisable: {type(value).__name__}")
+
+
+def _pct(value: float | None) -> str:
+    return "-" if value is None or (isinstance(value, float) and math.isnan(value)) else f"{100 * value:.2f}"
+
+
+def format_table(results: dict[str, dict[str, Any]]) -> str:
+    """The console table: one row per method, metrics in percent."""
+    semantic = any("semantic" in r for r in results.values())
+    header = ["method", "n", "thr", "oIoU", "mIoU", "P@0.5", "P@0.6", "P@0.7", "P@0.8", "P@0.9"]
+    if semantic:
+        header.append("sem.mIoU")
+    lines = []
+    for name, r in results.items():
+        m = r["metrics"]
+        row = [name, str(r["n"]), "mask" if r["threshold"] is None else f"{r['threshold']:.2f}",
+               _pct(m["oIoU"]), _pct(m["mIoU"]), *(_pct(m[f"P@{k}"]) for k in (0.5, 0.6, 0.7, 0.8, 0.9))]
+        if semantic:
+            row.append(_pct(r.get("semantic", {}).get("mIoU")))
+        lines.append(row)
+    widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
+    fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
+    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *(fmt(l) for l in lines)])
+
+
+def timestamp() -> str:
+    return time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime())

@@ -1,0 +1,235 @@
+"""The results store: one SQLite file, safe to share between runs and processes.
+
+Rows are keyed by (run_key, sample_id), where the run key hashes the method fingerprint, the
+dataset fingerprint, the seed and the threshold sweep. So rerunning a command resumes (done rows
+are skipped), a grid cell or a --limit run reuses rows another invocation computed, and nothing
+depends on a GPU rank. Every batch is one transaction: a killed process loses at most the batch
+it was computing. WAL mode lets several writers take turns without failing.
+"""
+
+from __future__ import annotations
+
+import json
+import sqlite3
+import time
+from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refbench.errors import UserError
+
+SCHEMA_VERSION = 1
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS runs (
+    run_key TEXT PRIMARY KEY,
+    method TEXT NOT NULL,
+    method_fingerprint TEXT NOT NULL,
+    config TEXT NOT NULL,
+    dataset TEXT NOT NULL,
+    split TEXT NOT NULL,
+    dataset_fingerprint TEXT NOT NULL,
+    seed INTEGER NOT NULL,
+    thresholds TEXT NOT NULL,
+    versions TEXT NOT NULL,
+    git_hash TEXT,
+    limit_n INTEGER,
+    info TEXT NOT NULL DEFAULT '{}',
+    created REAL NOT NULL,
+    updated REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS samples (
+    run_key TEXT NOT NULL,
+    sample_id TEXT NOT NULL,
+    image_id INTEGER NOT NULL,
+    group_id TEXT NOT NULL,
+    inter BLOB NOT NULL,
+    pred_area BLOB NOT NULL,
+    gt_area INTEGER NOT NULL,
+    is_mask INTEGER NOT NULL,
+    mask_rle TEXT NOT NULL,
+    meta TEXT NOT NULL,
+    info TEXT NOT NULL,
+    PRIMARY KEY (run_key, sample_id)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS groups (
+    run_key TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    classes TEXT NOT NULL,
+    confusion BLOB NOT NULL,
+    PRIMARY KEY (run_key, group_id)
+) WITHOUT ROWID;
+"""
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    run_key: str
+    method: str
+    method_fingerprint: str
+    config: dict[str, Any]
+    dataset: str
+    split: str
+    dataset_fingerprint: str
+    seed: int
+    thresholds: tuple[float, ...]
+    versions: dict[str, str | None]
+    git_hash: str | None
+    limit_n: int | None
+    info: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class SampleRow:
+    sample_id: str
+    image_id: int
+    group_id: str
+    inter: np.ndarray
+    pred_area: np.ndarray
+    gt_area: int
+    is_mask: bool
+    mask_rle: dict[str, Any]
+    meta: dict[str, Any]
+    info: dict[str, Any]
+
+
+@dataclass
+class GroupRow:
+    group_id: str
+    classes: list[int]
+    confusion: np.ndarray  # (T, K+1, K+1) int64
+
+
+def _blob(array: np.ndarray) -> bytes:
+    return np.ascontiguousarray(array, dtype="<i8").tobytes()
+
+
+def _unblob(data: bytes) -> np.ndarray:
+    return np.frombuffer(data, dtype="<i8")
+
+
+class Store:
+    """A results store in one SQLite file."""
+
+    def __init__(self, path: Path | str, timeout: float = 120.0):
+        self.path = Path(path)
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+            self.conn.execute("PRAGMA journal_mode=WAL")
+            self.conn.execute("PRAGMA synchronous=NORMAL")
+            self.conn.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
+        except sqlite3.DatabaseError as error:
+            raise UserError(f"{self.path} is not a usable refbench store ({error}): "
+                            f"point --out at another folder or delete the file") from None
+        self._check_schema()
+
+    def _check_schema(self) -> None:
+        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+        if row is None:
+            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
+        elif int(row[0]) != SCHEMA_VERSION:
+            raise UserError(f"{self.path} has store schema {row[0]}, this refbench writes "
+                            f"{SCHEMA_VERSION}: use a new --out folder")
+
+    def close(self) -> None:
+        self.conn.close()
+
+    def __enter__(self) -> Store:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    @contextmanager
+    def transaction(self) -> Iterator[sqlite3.Connection]:
+        # BEGIN IMMEDIATE takes the write lock up front, so two writers queue (busy timeout)
+        # instead of deadlocking on a read-to-write upgrade.
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            yield self.conn
+        except BaseException:
+            self.conn.execute("ROLLBACK")
+            raise
+        self.conn.execute("COMMIT")
+
+    # -- runs ------------------------------------------------------------------------------
+    def register_run(self, run: RunRecord) -> None:
+        now = time.time()
+        with self.transaction() as conn:
+            conn.execute(
+                "INSERT OR IGNORE INTO runs VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                (run.run_key, run.method, run.method_fingerprint, json.dumps(run.config, sort_keys=True),
+                 run.dataset, run.split, run.dataset_fingerprint, run.seed,
+                 json.dumps(list(run.thresholds)), json.dumps(run.versions, sort_keys=True),
+                 run.git_hash, run.limit_n, json.dumps(run.info, sort_keys=True), now, now))
+            conn.execute("UPDATE runs SET limit_n=?, versions=?, git_hash=?, updated=? WHERE run_key=?",
+                         (run.limit_n, json.dumps(run.versions, sort_keys=True), run.git_hash, now,
+                          run.run_key))
+
+    def update_run_info(self, run_key: str, info: dict[str, Any]) -> None:
+        with self.transaction() as conn:
+            row = conn.execute("SELECT info FROM runs WHERE run_key=?", (run_key,)).fetchone()
+            merged = {**json.loads(row[0]), **info} if row else info
+            conn.execute("UPDATE runs SET info=?, updated=? WHERE run_key=?",
+                         (json.dumps(merged, sort_keys=True), time.time(), run_key))
+
+    def run(self, run_key: str) -> dict[str, Any] | None:
+        cursor = self.conn.execute("SELECT * FROM runs WHERE run_key=?", (run_key,))
+        row = cursor.fetchone()
+        if row is None:
+            return None
+        record = dict(zip([c[0] for c in cursor.description], row))
+        for key in ("config", "thresholds", "versions", "info"):
+            record[key] = json.loads(record[key])
+        return record
+
+    def runs(self) -> list[dict[str, Any]]:
+        keys = [r[0] for r in self.conn.execute("SELECT run_key FROM runs ORDER BY created")]
+        return [r for r in (self.run(k) for k in keys) if r is not None]
+
+    # -- samples ---------------------------------------------------------------------------
+    def done_ids(self, run_key: str) -> set[str]:
+        return {r[0] for r in self.conn.execute(
+            "SELECT sample_id FROM samples WHERE run_key=?", (run_key,))}
+
+    def write(self, run_key: str, rows: Iterable[SampleRow], groups: Iterable[GroupRow] = ()) -> None:
+        """Write one batch atomically; rows already present are left as they are."""
+        with self.transaction() as conn:
+            conn.executemany(
+                "INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?)",
+                [(run_key, r.sample_id, r.image_id, r.group_id, _blob(r.inter), _blob(r.pred_area),
+                  r.gt_area, int(r.is_mask), json.dumps(r.mask_rle), json.dumps(r.meta, sort_keys=True),
+                  json.dumps(r.info, sort_keys=True)) for r in rows])
+            conn.executemany(
+                "INSERT OR IGNORE INTO groups VALUES (?,?,?,?)",
+                [(run_key, g.group_id, json.dumps(g.classes), _blob(g.confusion.ravel()))
+                 for g in groups])
+
+    def rows(self, run_key: str, with_masks: bool = False) -> list[SampleRow]:
+        columns = "sample_id, image_id, group_id, inter, pred_area, gt_area, is_mask, meta, info" + (
+            ", mask_rle" if with_masks else "")
+        out = []
+        for r in self.conn.execute(f"SELECT {columns} FROM samples WHERE run_key=?", (run_key,)):
+            out.append(SampleRow(
+                sample_id=r[0], image_id=r[1], group_id=r[2], inter=_unblob(r[3]),
+                pred_area=_unblob(r[4]), gt_area=r[5], is_mask=bool(r[6]), meta=json.loads(r[7]),
+                info=json.loads(r[8]), mask_rle=json.loads(r[9]) if with_masks else {}))
+        return out
+
+    def groups(self, run_key: str) -> list[GroupRow]:
+        out = []
+        for group_id, classes, blob in self.conn.execute(
+                "SELECT group_id, classes, confusion FROM groups WHERE run_key=?", (run_key,)):
+            classes = json.loads(classes)
+            k = len(classes) + 1
+            out.append(GroupRow(group_id, classes, _unblob(blob).reshape(-1, k, k)))
+        return out
+
+    def count(self, run_key: str) -> int:
+        return self.conn.execute("SELECT COUNT(*) FROM samples WHERE run_key=?", (run_key,)).fetchone()[0]
