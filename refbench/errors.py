@@ -18,7 +18,8 @@ class UserError(Exception):
 def did_you_mean(name: str, known: Iterable[str], what: str) -> UserError:
     """Build the error for an unknown ``name``, suggesting the closest known names."""
     known = sorted(known)
-    close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
+    same_but_case = [k for k in known if k.lower() == name.lower()]
+    close = same_but_case or difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(known) if known else "(none installed)"
     return UserError(f"unknown {what} {name!r}{hint} (known: {listing})")

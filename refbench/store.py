@@ -119,15 +119,26 @@ class Store:
     def __init__(self, path: Path | str, timeout: float = 120.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-            self.conn.execute("PRAGMA journal_mode=WAL")
-            self.conn.execute("PRAGMA synchronous=NORMAL")
-            self.conn.executescript(_SCHEMA)  # idempotent; executescript manages its own commit
-        except sqlite3.DatabaseError as error:
-            raise UserError(f"{self.path} is not a usable refbench store ({error}): "
-                            f"point --out at another folder or delete the file") from None
-        self._check_schema()
+        deadline = time.monotonic() + timeout
+        while True:
+            try:
+                self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+                self.conn.execute("PRAGMA journal_mode=WAL")
+                self.conn.execute("PRAGMA synchronous=NORMAL")
+                self.conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
+                self._check_schema()
+                break
+            except sqlite3.OperationalError as error:
+                # Switching to WAL needs a moment alone with the file; a second process
+                # opening it at that instant gets "locked" without the busy handler.
+                if "locked" not in str(error) or time.monotonic() > deadline:
+                    raise UserError(f"{self.path} cannot be opened ({error}): another program "
+                                    f"holds it, or point --out at another folder") from None
+                self.conn.close()
+                time.sleep(0.05)
+            except sqlite3.DatabaseError as error:
+                raise UserError(f"{self.path} is not a usable refbench store ({error}): "
+                                f"point --out at another folder or delete the file") from None
 
     def _check_schema(self) -> None:
         row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()

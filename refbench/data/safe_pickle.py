@@ -7,22 +7,25 @@ code. This unpickler admits only plain containers and scalars and refuses every 
 
 from __future__ import annotations
 
+import codecs
 import pickle
 from pathlib import Path
 from typing import Any
 
 from refbench.errors import UserError
 
+# Constructors of plain data only. _codecs.encode is how protocol 2 rebuilds bytes objects.
 _ALLOWED_GLOBALS = {
-    ("builtins", "set"), ("builtins", "frozenset"),
-    ("__builtin__", "set"), ("__builtin__", "frozenset"),
+    ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
+    ("__builtin__", "set"): set, ("__builtin__", "frozenset"): frozenset,
+    ("_codecs", "encode"): codecs.encode,
 }
 
 
 class _RestrictedUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str) -> Any:
         if (module, name) in _ALLOWED_GLOBALS:
-            return set if name == "set" else frozenset
+            return _ALLOWED_GLOBALS[(module, name)]
         raise pickle.UnpicklingError(f"it references {module}.{name}, which is not plain data")
 
 
