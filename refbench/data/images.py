@@ -14,7 +14,7 @@ def load_rgb(path: Path, expected_hw: tuple[int, int] | None = None, sample_id: 
     """Read an image as H x W x 3 uint8 RGB."""
     try:
         with Image.open(path) as image:
-            array = np.asarray(image.convert("RGB"))
+            array = np.array(image.convert("RGB"))  # a writable copy: torch warns on read-only arrays
     except FileNotFoundError:
         raise UserError(f"image {path} (sample {sample_id}) is missing: check the image folder "
                         f"(--image-dir) or restore the file") from None

@@ -1,0 +1,171 @@
+"""Backbones: the UNet, VAE, text encoder, tokenizer and noise scheduler of a latent diffusion
+model, loaded together.
+
+A backbone is named by a registered name (a plugin's ``BackboneSpec``: the presets, ``sd15``),
+by a local directory in the diffusers layout, or by a hub id. Loading goes through diffusers'
+and transformers' ``from_pretrained``, which honour HF_HOME and HF_HUB_OFFLINE; a model that is
+not available locally gives a one-line error saying where refbench looked and what to do.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from functools import lru_cache
+from pathlib import Path
+from typing import Any, Literal
+
+import torch
+
+from refbench.errors import UserError, did_you_mean
+from refbench.specs import resolve
+
+Dtype = Literal["fp32", "fp16", "bf16"]
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
+
+
+@dataclass
+class Backbone:
+    """The components of one latent diffusion model, on one device and dtype."""
+
+    name: str
+    unet: Any
+    vae: Any
+    text_encoder: Any
+    tokenizer: Any
+    scheduler: Any
+    fingerprint: str
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+    dtype: torch.dtype = torch.float32
+
+    @property
+    def vae_scale_factor(self) -> int:
+        return 2 ** (len(self.vae.config.block_out_channels) - 1)
+
+    @property
+    def image_size(self) -> int:
+        """The input resolution the UNet was built for (512 for SD 1.5)."""
+        return int(self.unet.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def max_tokens(self) -> int:
+        return int(self.tokenizer.model_max_length)
+
+    def to(self, device: torch.device, dtype: torch.dtype) -> Backbone:
+        for part in (self.unet, self.vae, self.text_encoder):
+            current = next(part.parameters())
+            if current.device != device or current.dtype != dtype:
+                part.to(device=device, dtype=dtype)
+        self.device, self.dtype = device, dtype
+        return self
+
+    def eval(self) -> Backbone:
+        for part in (self.unet, self.vae, self.text_encoder):
+            part.eval()
+        return self
+
+    def save(self, directory: Path) -> Path:
+        """Write the diffusers directory layout (model_index.json and one folder per part)."""
+        directory = Path(directory)
+        for part in COMPONENTS:
+            getattr(self, part).save_pretrained(directory / part)
+        index = {"_class_name": "StableDiffusionPipeline", "_refbench_backbone": self.name}
+        for part in COMPONENTS:
+            obj = getattr(self, part)
+            index[part] = [obj.__class__.__module__.split(".")[0], obj.__class__.__name__]
+        (directory / "model_index.json").write_text(json.dumps(index, indent=2))
+        return directory
+
+
+def resolve_device(device: str) -> torch.device:
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        resolved = torch.device(device)
+    except RuntimeError:
+        raise UserError(f"unknown device {device!r}: use auto, cpu, cuda or cuda:N") from None
+    if resolved.type == "cuda" and not torch.cuda.is_available():
+        raise UserError(f"device {device!r} asked for, but CUDA is not available: use device=cpu")
+    return resolved
+
+
+def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
+    if dtype not in DTYPES:
+        raise UserError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
+    if dtype != "fp32" and device.type != "cuda":
+        raise UserError(f"dtype {dtype} needs a CUDA device; on {device.type} use dtype=fp32")
+    return DTYPES[dtype]
+
+
+def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name: str = "") -> Backbone:
+    """Load a backbone from a diffusers-layout directory or a hub id."""
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    local = Path(source).expanduser()
+    is_dir = local.is_dir()
+    if not is_dir and (source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1)):
+        raise UserError(f"backbone directory {source} does not exist: give a directory in the "
+                        f"diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
+    where = str(local) if is_dir else source
+    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    kwargs: dict[str, Any] = {"local_files_only": offline} if not is_dir else {}
+    try:
+        unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kwargs)
+        vae = AutoencoderKL.from_pretrained(where, subfolder="vae", **kwargs)
+        text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kwargs)
+        tokenizer = AutoTokenizer.from_pretrained(where, subfolder="tokenizer", **kwargs)
+        scheduler = DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kwargs)
+    except (OSError, ValueError) as error:
+        home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        looked = f"in {local}" if is_dir else f"on the hub and in the cache under {home}" + (
+            " (HF_HUB_OFFLINE is set)" if offline else "")
+        raise UserError(
+            f"backbone {name or source!r} ({source}) could not be loaded {looked}: "
+            f"{str(error).splitlines()[0][:160]}; download it to the cache or a local directory, "
+            f"or pick another with --set '*.backbone=tiny' (or a directory path)") from None
+    backbone = Backbone(name or source, unet, vae, text_encoder, tokenizer, scheduler,
+                        fingerprint=_pretrained_fingerprint(local if is_dir else None, unet))
+    return backbone.to(device, dtype).eval()
+
+
+def _pretrained_fingerprint(directory: Path | None, unet: Any) -> str:
+    """Directory loads: names, sizes and configs of the files; hub loads: the snapshot path
+    (which carries the commit hash). Hashing gigabytes of weights on every run would be slow."""
+    digest = hashlib.sha256()
+    if directory is not None:
+        for path in sorted(directory.rglob("*")):
+            if path.is_file():
+                digest.update(f"{path.relative_to(directory)}:{path.stat().st_size}".encode())
+                if path.suffix in {".json", ".txt"}:
+                    digest.update(path.read_bytes())
+    else:
+        digest.update(str(getattr(unet.config, "_name_or_path", "")).encode())
+        digest.update(json.dumps(dict(unet.config), sort_keys=True, default=str).encode())
+    return digest.hexdigest()[:16]
+
+
+@lru_cache(maxsize=2)
+def _load_cached(name: str, device: str, dtype: str) -> Backbone:
+    from refbench.plugins import get_host
+
+    torch_device = torch.device(device)
+    torch_dtype = DTYPES[dtype]
+    host = get_host()
+    if name in host.backbones:
+        spec = host.backbone(name)
+        return resolve(spec.factory)(device=torch_device, dtype=torch_dtype, name=name, **spec.options)
+    if Path(name).expanduser().is_dir() or "/" in name:
+        return load_pretrained(name, torch_device, torch_dtype)
+    raise did_you_mean(name, host.backbones, "backbone (or a directory / hub id)")
+
+
+def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32") -> Backbone:
+    """A backbone by registered name, directory or hub id; cached per process, because several
+    methods (and every cell of a grid) share one backbone."""
+    torch_device = resolve_device(device)
+    resolve_dtype(dtype, torch_device)
+    return _load_cached(name, str(torch_device), dtype)

@@ -1,0 +1,68 @@
+"""Image latents and per-sample noise, computed once and shared.
+
+Encoding an image with the VAE and drawing its noise depend on the image, the backbone, the
+input size and the seed, not on a method's other parameters. A small process-wide LRU keyed by
+exactly those lets every cell of a grid (and every method on one backbone) reuse them.
+Noise is drawn on the CPU from the sample's own seed, so it is the same on every device and for
+every batch size.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections import OrderedDict
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from refbench.diffusion.backbone import Backbone
+
+_CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+CACHE_SIZE = 512
+stats = {"hits": 0, "misses": 0}
+
+
+def to_pixels(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
+    """RGB uint8 images resized to size x size, scaled to [-1, 1]: (B, 3, size, size)."""
+    out = []
+    for image in images:
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
+        out.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                                 antialias=True))
+    return torch.cat(out)
+
+
+def _image_key(image: np.ndarray) -> str:
+    return hashlib.blake2b(np.ascontiguousarray(image).tobytes(), digest_size=16).hexdigest()
+
+
+def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: Sequence[int],
+                      size: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Scaled VAE latents (the posterior mean) and seeded noise for each image."""
+    keys = [(backbone.fingerprint, str(backbone.device), str(backbone.dtype), size, seed,
+             _image_key(image)) for image, seed in zip(images, seeds)]
+    missing = [i for i, key in enumerate(keys) if key not in _CACHE]
+    if missing:
+        pixels = to_pixels([images[i] for i in missing], size).to(backbone.device, backbone.dtype)
+        with torch.no_grad():
+            latents = backbone.vae.encode(pixels).latent_dist.mean * backbone.vae.config.scaling_factor
+        for row, i in enumerate(missing):
+            generator = torch.Generator("cpu").manual_seed(int(seeds[i]))
+            noise = torch.randn(latents.shape[1:], generator=generator)
+            _CACHE[keys[i]] = (latents[row].cpu(), noise)
+            while len(_CACHE) > CACHE_SIZE:
+                _CACHE.popitem(last=False)
+    stats["misses"] += len(missing)
+    stats["hits"] += len(keys) - len(missing)
+    for key in keys:
+        _CACHE.move_to_end(key)
+    latents = torch.stack([_CACHE[k][0] for k in keys]).to(backbone.device, backbone.dtype)
+    noise = torch.stack([_CACHE[k][1] for k in keys]).to(backbone.device, backbone.dtype)
+    return latents, noise
+
+
+def clear_cache() -> None:
+    _CACHE.clear()
+    stats.update(hits=0, misses=0)

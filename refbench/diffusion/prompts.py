@@ -1,0 +1,95 @@
+"""Prompts and tokens: which token positions a word or span of a prompt occupies.
+
+Works for any Hugging Face tokenizer by tokenizing growing prefixes that end at word boundaries:
+the count of pieces up to a word's end, minus the count before it, is that word's pieces. That
+handles BPE words split into several pieces, repeated words and the BOS offset without relying
+on a tokenizer-specific offset mapping. A prompt longer than the model's context is reported
+(``truncated`` and ``lost_words``), never silently cut.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+
+_WORD = re.compile(r"\S+")
+
+
+@dataclass(frozen=True)
+class TokenAlignment:
+    """Token positions (in the model's input sequence, BOS included) of each word of a prompt."""
+
+    prompt: str
+    word_spans: tuple[tuple[int, int], ...]
+    word_positions: tuple[tuple[int, ...], ...]
+    n_tokens: int  # with special tokens, before truncation
+    max_length: int
+
+    @property
+    def truncated(self) -> bool:
+        return self.n_tokens > self.max_length
+
+    @property
+    def last_kept_position(self) -> int:
+        """The last content position that survives truncation (the final slot holds EOS)."""
+        return self.max_length - 2
+
+    def positions(self, start: int, end: int) -> list[int]:
+        """Positions of the words overlapping the character span [start, end)."""
+        out: list[int] = []
+        for (ws, we), pos in zip(self.word_spans, self.word_positions):
+            if ws < end and we > start:
+                out.extend(pos)
+        return out
+
+    def lost(self, positions: list[int]) -> bool:
+        return any(p > self.last_kept_position for p in positions)
+
+    def lost_words(self) -> list[str]:
+        return [self.prompt[s:e] for (s, e), pos in zip(self.word_spans, self.word_positions)
+                if self.lost(list(pos))]
+
+
+def _content_ids(tokenizer: Any, text: str) -> list[int]:
+    return tokenizer(text, add_special_tokens=False, truncation=False)["input_ids"]
+
+
+def _prefix_offset(tokenizer: Any) -> int:
+    """How many special tokens precede the content (1 for CLIP's BOS)."""
+    probe = "a"
+    with_special = tokenizer(probe, truncation=False)["input_ids"]
+    content = _content_ids(tokenizer, probe)
+    for offset in range(len(with_special) - len(content) + 1):
+        if with_special[offset:offset + len(content)] == content:
+            return offset
+    return 0
+
+
+def align(tokenizer: Any, prompt: str) -> TokenAlignment:
+    """Map each whitespace-separated word of ``prompt`` to its token positions."""
+    offset = _prefix_offset(tokenizer)
+    spans, positions = [], []
+    before = 0
+    for match in _WORD.finditer(prompt):
+        count = len(_content_ids(tokenizer, prompt[:match.end()]))
+        spans.append((match.start(), match.end()))
+        positions.append(tuple(range(offset + before, offset + count)))
+        before = count
+    n_tokens = len(tokenizer(prompt, truncation=False)["input_ids"])
+    return TokenAlignment(prompt, tuple(spans), tuple(positions), n_tokens,
+                          int(tokenizer.model_max_length))
+
+
+def tokenize(tokenizer: Any, prompts: list[str], device: torch.device) -> torch.Tensor:
+    """Input ids padded to the model's context length, as Stable Diffusion feeds its encoder."""
+    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+                     truncation=True, return_tensors="pt")["input_ids"].to(device)
+
+
+def encode(text_encoder: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
+    """Per-token embeddings (B, L, D): the UNet's cross-attention context."""
+    ids = tokenize(tokenizer, prompts, text_encoder.device)
+    return text_encoder(ids)[0]
