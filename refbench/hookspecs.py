@@ -10,6 +10,8 @@ installed must stay instant and must not import torch.
 
 from __future__ import annotations
 
+from typing import Any
+
 import pluggy
 
 from refbench.specs import BackboneSpec, DatasetSpec, MethodSpec
@@ -30,3 +32,14 @@ def refbench_datasets() -> list[DatasetSpec]:
 @hookspec
 def refbench_backbones() -> list[BackboneSpec]:
     """Return the diffusion backbones (presets or loaders) this plugin provides."""
+
+
+@hookspec(firstresult=True)
+def refbench_caption(expression: str, image: Any, sample_id: str) -> str | None:
+    """Return a richer text for ``expression`` in ``image`` (an H x W x 3 uint8 array), or None.
+
+    Methods that use captions (e.g. ``diffsegmenter`` with ``captions=true``) put this text in
+    their prompt in place of the bare expression, as DiffSegmenter does with BLIP: "horse" may
+    become "a black and white horse grazing". The first plugin to answer wins. None is
+    installed by default.
+    """

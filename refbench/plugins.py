@@ -144,3 +144,21 @@ def reset_host() -> None:
     """Forget the loaded plugins (tests, and after installing a plugin in-process)."""
     global _HOST
     _HOST = None
+
+
+def caption_providers() -> list[str]:
+    """Names of the plugins implementing ``refbench_caption`` (part of a captioning method's
+    fingerprint: a different captioner is a different experiment)."""
+    host = get_host()
+    return sorted(host.pm.get_name(impl.plugin) or "?" for impl in host.pm.hook.refbench_caption.get_hookimpls())
+
+
+def caption(expression: str, image: object, sample_id: str) -> str:
+    """The first installed caption provider's text for ``expression``."""
+    if not caption_providers():
+        raise UserError("captions are switched on but no installed plugin implements "
+                        "refbench_caption: install a caption plugin or set captions=false")
+    text = get_host().pm.hook.refbench_caption(expression=expression, image=image, sample_id=sample_id)
+    if not text:
+        raise UserError(f"the caption provider returned nothing for sample {sample_id}")
+    return str(text)

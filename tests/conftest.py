@@ -14,6 +14,9 @@ from refbench.data.shapes import ShapesConfig, generate
 from refbench.plugins import reset_host
 
 SMALL = {"train": 6, "val": 8, "testA": 3, "testB": 3}
+# No test may reach a model hub: this machine and CI have no network.
+os.environ["HF_HUB_OFFLINE"] = "1"
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 REPO = Path(__file__).resolve().parent.parent
 
 
@@ -22,6 +25,13 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("refshapes")
     generate(root, ShapesConfig(seed=0, images=SMALL))
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone():
+    from refbench.diffusion.backbone import load_backbone
+
+    return load_backbone("tiny", "cpu")
 
 
 @pytest.fixture

@@ -24,6 +24,7 @@ from refbench.diffusion.parsing import Referent, find_referent
 from refbench.diffusion.prompts import TokenAlignment, align, encode
 from refbench.errors import UserError
 from refbench.method import Batch, Prediction
+from refbench.plugins import caption, caption_providers
 from methods.diffsegmenter.binding import average_with_unconditioned, replace_chunk
 
 PLACEHOLDER = "{expression}"
@@ -42,6 +43,7 @@ class DiffSegmenterConfig:
     refine: bool = True  # multiply by the averaged finest self-attention
     target: Literal["root", "chunk"] = "root"  # the referent's root noun, or its whole chunk
     overlong: Literal["error", "truncate"] = "error"
+    captions: bool = False  # put a caption plugin's text (refbench_caption hook) in the prompt
 
     def validate(self) -> None:
         if self.prompt_template.count(PLACEHOLDER) != 1:
@@ -96,7 +98,8 @@ class DiffSegmenter:
         self._unconditioned: torch.Tensor | None = None
 
     def weights_fingerprint(self) -> str:
-        return self.backbone.fingerprint
+        captioners = ",".join(caption_providers()) if self.config.captions else ""
+        return self.backbone.fingerprint + (f"+captions:{captioners}" if captioners else "")
 
     # -- prompts ---------------------------------------------------------------------------
     def _plan(self, expression: str, sample_id: str) -> _PromptPlan:
@@ -173,7 +176,9 @@ class DiffSegmenter:
     @torch.no_grad()
     def score_maps(self, batch: Batch) -> tuple[torch.Tensor, list[_PromptPlan]]:
         """Score maps at latent resolution (B, r, r) in [0, 1], before resizing to the images."""
-        plans = [self._plan(s.expression, s.sample_id) for s in batch.samples]
+        texts = [caption(s.expression, image, s.sample_id) if self.config.captions else s.expression
+                 for s, image in zip(batch.samples, batch.images)]
+        plans = [self._plan(text, s.sample_id) for text, s in zip(texts, batch.samples)]
         context = self._embeddings(plans)
         latents, noise = latents_and_noise(self.backbone, batch.images, batch.seeds, self.size)
         finest = latents.shape[-1]

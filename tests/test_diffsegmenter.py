@@ -1,0 +1,162 @@
+"""DiffSegmenter and the attribute-binding variants on the tiny backbone."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from methods.diffsegmenter.model import (BindingConfig, DiffSegmenter, DiffSegmenterAB,
+                                         DiffSegmenterConfig, DiffSegmenterNCR, DiffSegmenterUEA)
+from refbench.data.images import load_rgb
+from refbench.data.refer import ReferDataset
+from refbench.diffusion.prompts import align, encode
+from refbench.errors import UserError
+from refbench.method import Batch, sample_seed
+from tests.conftest import REPO, assert_user_error, run_cli
+
+TINY = dict(backbone="tiny", device="cpu")
+
+
+def _batch(samples, expressions=None):
+    from dataclasses import replace
+
+    if expressions is not None:
+        samples = [replace(s, expression=e) for s, e in zip(samples, expressions)]
+    images = [load_rgb(s.image_path) for s in samples]
+    return Batch(list(samples), images, [sample_seed(0, s.sample_id) for s in samples])
+
+
+@pytest.fixture(scope="module")
+def val_samples(shapes_root: Path):
+    return ReferDataset(shapes_root, "refshapes").samples("val")
+
+
+def _methods(alpha=0.7):
+    return {
+        "base": DiffSegmenter(DiffSegmenterConfig(**TINY)),
+        "ncr": DiffSegmenterNCR(DiffSegmenterConfig(**TINY)),
+        "uea": DiffSegmenterUEA(BindingConfig(**TINY, alpha=alpha)),
+        "ab": DiffSegmenterAB(BindingConfig(**TINY, alpha=alpha)),
+    }
+
+
+def test_embeddings_follow_equations_3_to_5(tiny_backbone):
+    methods = _methods(alpha=0.7)
+    expression = "the red circle left of the blue square"
+    prompt = "a photograph of " + expression
+    tok, enc = tiny_backbone.tokenizer, tiny_backbone.text_encoder
+    with torch.no_grad():
+        E = encode(enc, tok, [prompt])[0]
+        R = encode(enc, tok, ["the red circle"])[0]
+        U = encode(enc, tok, [""])[0]
+        out = {k: m._embeddings([m._plan(expression, "s")])[0] for k, m in methods.items()}
+    a = align(tok, prompt)
+    chunk = [p for w in a.word_positions[3:6] for p in w]  # "the red circle"
+    (q,) = a.word_positions[5]  # "circle"
+    alone = [p for w in align(tok, "the red circle").word_positions for p in w]
+    assert alone == [1, 2, 3] and chunk == [4, 5, 6] and q == 6
+    others = [i for i in range(77) if i not in chunk]
+    assert torch.equal(out["base"], E)
+    # eq. 3: the chunk's rows come from the chunk encoded alone; nothing else changes
+    assert torch.equal(out["ncr"][chunk], R[alone]) and torch.equal(out["ncr"][others], E[others])
+    assert not torch.allclose(R[alone], E[chunk])  # the splice is not a no-op
+    # eq. 4: only the target row is averaged with the unconditioned embedding
+    not_q = [i for i in range(77) if i != q]
+    assert torch.allclose(out["uea"][q], 0.7 * E[q] + 0.3 * U[q]) and torch.equal(out["uea"][not_q], E[not_q])
+    # eq. 5: both
+    assert torch.allclose(out["ab"][q], 0.7 * R[3] + 0.3 * U[q])
+    assert torch.equal(out["ab"][[4, 5]], R[[1, 2]]) and torch.equal(out["ab"][others], E[others])
+
+
+def test_bare_names_give_exactly_the_baseline(val_samples):
+    methods = _methods()
+    batch = _batch(val_samples[:2], ["circle", "the square"])
+    maps = {k: m.predict(batch) for k, m in methods.items()}
+    for k in ("ncr", "uea", "ab"):
+        for a, b in zip(maps[k], maps["base"]):
+            assert np.array_equal(a.scores, b.scores), k
+            assert "binding_applied" not in a.info
+
+
+def test_no_chunk_falls_back_and_is_counted(val_samples):
+    methods = _methods()
+    batch = _batch(val_samples[:1], ["left one"])
+    ab, base = methods["ab"].predict(batch)[0], methods["base"].predict(batch)[0]
+    assert ab.info["no_chunk"] == 1 and np.array_equal(ab.scores, base.scores)
+
+
+def test_binding_changes_maps_with_modifiers(val_samples):
+    methods = _methods()
+    batch = _batch(val_samples[:1], ["the red circle"])
+    ab, base = methods["ab"].predict(batch)[0], methods["base"].predict(batch)[0]
+    assert ab.info["binding_applied"] == 1 and not np.array_equal(ab.scores, base.scores)
+    assert ab.scores.shape == (val_samples[0].height, val_samples[0].width)
+    assert 0 <= ab.scores.min() and ab.scores.max() <= 1
+
+
+def test_batch_size_does_not_change_maps(val_samples):
+    method = DiffSegmenterAB(BindingConfig(**TINY))
+    samples = val_samples[:3]
+    together = method.predict(_batch(samples))
+    from refbench.diffusion.latents import clear_cache
+    clear_cache()
+    alone = [method.predict(_batch([s]))[0] for s in samples]
+    for a, b in zip(together, alone):
+        assert np.allclose(a.scores, b.scores, atol=1e-4)
+
+
+def test_overlong_prompt(val_samples):
+    long_expression = " ".join(["big"] * 80) + " red circle"
+    batch = _batch(val_samples[:1], [long_expression])
+    with pytest.raises(UserError, match="over the model's 77"):
+        DiffSegmenter(DiffSegmenterConfig(**TINY)).predict(batch)
+    out = DiffSegmenter(DiffSegmenterConfig(**TINY, overlong="truncate")).predict(batch)[0]
+    assert out.info["truncated"] == 1 and out.info["target_lost"] == 1
+
+
+def test_caption_provider_hook(val_samples, monkeypatch):
+    from refbench.plugins import reset_host
+    batch = _batch(val_samples[:1], ["the red circle"])
+    with pytest.raises(UserError, match="no installed plugin implements refbench_caption"):
+        DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True)).predict(batch)
+    monkeypatch.syspath_prepend(str(REPO / "tests" / "plugins"))
+    monkeypatch.setenv("REFBENCH_PLUGINS", "rb_captioner")
+    reset_host()
+    captioned = DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True))
+    plain = DiffSegmenter(DiffSegmenterConfig(**TINY))
+    assert "captions:rb_captioner" in captioned.weights_fingerprint()
+    a, b = captioned.predict(batch)[0], plain.predict(batch)[0]
+    assert not np.array_equal(a.scores, b.scores)
+
+
+def test_cli_end_to_end_referring_and_semantic(shapes_root: Path, tmp_path: Path):
+    out = tmp_path / "ref"
+    result = run_cli("run", "--methods", "diffsegmenter,diffsegmenter_ab", "--data-root", str(shapes_root),
+                     "--set", "*.backbone=tiny", "--set", "*.device=cpu", "--limit", "6",
+                     "--out", str(out), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    res = json.loads((out / "results.json").read_text())["results"]
+    for name in ("diffsegmenter", "diffsegmenter_ab"):
+        assert res[name]["n"] == 6 and len(res[name]["sweep"]) == 19
+        assert res[name]["config"]["backbone"] == "tiny"
+    assert res["diffsegmenter_ab"]["config"]["alpha"] == 0.9
+    assert "alpha" not in res["diffsegmenter"]["config"]
+    assert res["diffsegmenter_ab"]["counts"].get("binding_applied", 0) >= 1
+    sem = tmp_path / "sem"
+    result = run_cli("run", "--methods", "diffsegmenter", "--dataset", "refshapes-semantic",
+                     "--data-root", str(shapes_root), "--set", "*.backbone=tiny", "--limit", "4",
+                     "--out", str(sem), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    semantic = json.loads((sem / "results.json").read_text())["results"]["diffsegmenter"]
+    assert 0 < semantic["semantic"]["mIoU"] < 1 and len(semantic["semantic_sweep"]) == 19
+
+
+def test_bad_weights_length(shapes_root: Path, tmp_path: Path):
+    result = run_cli("run", "--methods", "diffsegmenter", "--data-root", str(shapes_root),
+                     "--set", "*.backbone=tiny", "--set", "diffsegmenter.weights=0.5,0.5",
+                     "--limit", "1", "--out", str(tmp_path), "--no-progress")
+    assert_user_error(result, "weights has 2 entries", "4 resolutions")
