@@ -36,9 +36,9 @@ def _positive_int(text: str) -> int:
     return value
 
 
-def _add_dataset_args(p: argparse.ArgumentParser) -> None:
+def _add_dataset_args(p: argparse.ArgumentParser, default_split: str = "val") -> None:
     p.add_argument("--dataset", default="refshapes", help="dataset name (refbench ls datasets)")
-    p.add_argument("--split", default="val", help="split to evaluate")
+    p.add_argument("--split", default=default_split, help=f"split (default {default_split})")
     p.add_argument("--data-root", type=Path, default=None,
                    help="dataset folder (default: ./data/<dataset's folder>)")
     p.add_argument("--split-by", default=None, help="RefCOCO family: unc, google or umd")
@@ -63,6 +63,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     ls = sub.add_parser("ls", help="list installed methods, datasets and backbones")
     ls.add_argument("what", nargs="?", choices=["methods", "datasets", "backbones", "all"], default="all")
+    ls.add_argument("--params", action="store_true",
+                    help="methods: count total and trainable parameters (builds each model)")
+    ls.add_argument("--backbone", default=None, help="with --params: the backbone to count on")
 
     data = sub.add_parser("data", help="data utilities")
     data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=_Parser)
@@ -72,6 +75,25 @@ def build_parser() -> argparse.ArgumentParser:
     for split, default in (("train", 600), ("val", 100), ("testA", 60), ("testB", 60)):
         shapes.add_argument(f"--{split}", type=int, default=default, metavar="IMAGES",
                             help=f"images in {split} (default {default})")
+
+    train = sub.add_parser("train", help="train a trainable method (vpd, f_vpd, lora_vpd)")
+    train.add_argument("--method", required=True)
+    _add_dataset_args(train, default_split="train")
+    train.add_argument("--epochs", type=_positive_int, default=1)
+    train.add_argument("--batch-size", type=_positive_int, default=8)
+    train.add_argument("--lr", type=float, default=5e-5, help="AdamW learning rate (VPD: 5e-5)")
+    train.add_argument("--weight-decay", type=float, default=1e-2, help="not applied to biases and norms")
+    train.add_argument("--poly-power", type=float, default=0.9, help="poly schedule power")
+    train.add_argument("--limit-train", type=_positive_int, default=None,
+                       help="train on the first N samples only (seed 000's subset training)")
+    train.add_argument("--val-split", default="holdout",
+                       help="validation split; 'holdout' (default) holds out 1 in 10 training images")
+    train.add_argument("--limit-val", type=_positive_int, default=200)
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--out", type=Path, default=None,
+                       help="folder for checkpoints and train.json (default runs/train-<method>-<dataset>)")
+    train.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE")
+    train.add_argument("--no-progress", action="store_true")
 
     run = sub.add_parser("run", help="evaluate methods on a dataset split")
     run.add_argument("--methods", required=True, help="comma-separated method names")
@@ -98,14 +120,41 @@ def cmd_ls(args: argparse.Namespace) -> int:
     sections = ["methods", "datasets", "backbones"] if args.what == "all" else [args.what]
     for section in sections:
         registry = getattr(host, section)
-        print(f"{section}:")
+        header = f"  {'total':>14} {'trainable':>14}" if section == "methods" and args.params else ""
+        print(f"{section}:{header}")
         if not registry:
             print("  (none)")
         width = max((len(n) for n in registry), default=0)
         for name, spec in sorted(registry.items()):
-            print(f"  {name.ljust(width)}  [{spec.plugin}]  {spec.summary}")
+            counts = _parameter_column(spec, args) if section == "methods" and args.params else ""
+            print(f"  {name.ljust(width)}  [{spec.plugin}]  {counts}{spec.summary}")
     for failure in host.failures.values():
         print(f"(not loaded: {failure})")
+    return 0
+
+
+def _parameter_column(spec: Any, args: argparse.Namespace) -> str:
+    from refbench.params import parameter_counts
+
+    counts = parameter_counts(spec, args.backbone)
+    if counts is None:
+        return f"{'-':>14} {'-':>14}  "
+    total, trainable = counts
+    return f"{total:>14,} {trainable:>14,}  "
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    from refbench.config import parse_overrides
+    from refbench.plugins import get_host
+    from refbench.train import TrainOptions, train
+
+    options = TrainOptions(
+        method=args.method, dataset=args.dataset, split=args.split, data_root=args.data_root,
+        dataset_options=_dataset_options(args), overrides=parse_overrides(args.overrides),
+        epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
+        poly_power=args.poly_power, limit_train=args.limit_train, val_split=args.val_split,
+        limit_val=args.limit_val, seed=args.seed, out=args.out, progress=not args.no_progress)
+    train(get_host(strict=args.strict_plugins), options)
     return 0
 
 
@@ -139,7 +188,7 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes}
+COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "train": cmd_train}
 
 
 def main(argv: list[str] | None = None) -> int:

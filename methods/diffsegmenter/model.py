@@ -97,6 +97,13 @@ class DiffSegmenter:
         self.size = config.image_size or self.backbone.image_size
         self._unconditioned: torch.Tensor | None = None
 
+    @classmethod
+    def parameter_counts(cls, config: DiffSegmenterConfig) -> tuple[int, int]:
+        """All backbone parameters; none is trained."""
+        backbone = load_backbone(config.backbone, config.device, config.dtype)
+        parts = (backbone.unet, backbone.vae, backbone.text_encoder)
+        return sum(p.numel() for part in parts for p in part.parameters()), 0
+
     def weights_fingerprint(self) -> str:
         captioners = ",".join(caption_providers()) if self.config.captions else ""
         return self.backbone.fingerprint + (f"+captions:{captioners}" if captioners else "")

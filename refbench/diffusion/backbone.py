@@ -148,8 +148,7 @@ def _pretrained_fingerprint(directory: Path | None, unet: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-@lru_cache(maxsize=2)
-def _load_cached(name: str, device: str, dtype: str) -> Backbone:
+def _load(name: str, device: str, dtype: str) -> Backbone:
     from refbench.plugins import get_host
 
     torch_device = torch.device(device)
@@ -163,9 +162,16 @@ def _load_cached(name: str, device: str, dtype: str) -> Backbone:
     raise did_you_mean(name, host.backbones, "backbone (or a directory / hub id)")
 
 
-def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32") -> Backbone:
-    """A backbone by registered name, directory or hub id; cached per process, because several
-    methods (and every cell of a grid) share one backbone."""
+_load_shared = lru_cache(maxsize=2)(_load)
+
+
+def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32",
+                  private: bool = False) -> Backbone:
+    """A backbone by registered name, directory or hub id.
+
+    Shared per process by default, because several methods (and every cell of a grid) use one
+    frozen backbone. Methods that change weights (training, LoRA) ask for a ``private`` copy.
+    """
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
-    return _load_cached(name, str(torch_device), dtype)
+    return (_load if private else _load_shared)(name, str(torch_device), dtype)
