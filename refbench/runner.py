@@ -251,26 +251,35 @@ def evaluate(jobs: Sequence[tuple[MethodRun, Method]], plan: SplitPlan, store: S
 
 
 def run_configs(host: PluginHost, configs: Sequence[tuple[MethodSpec, list[Override]]],
-                plan: SplitPlan, store: Store, options: RunOptions,
-                together: bool = False) -> list[MethodRun]:
-    """Evaluate method configurations on a split, resuming from the store.
+                plans: Sequence[SplitPlan], store: Store, options: RunOptions,
+                together: bool = False) -> list[list[MethodRun]]:
+    """Evaluate method configurations on one or more splits, resuming from the store; the
+    result is indexed [config][plan]. Each method is built once for all the splits.
 
     ``together=False`` holds one method in memory at a time (different models on one GPU);
     ``together=True`` builds them all and runs them batch-major (the cells of a grid, which
     share a backbone and per-sample work).
     """
-    outcomes: list[MethodRun] = []
-    jobs: list[tuple[MethodRun, Method]] = []
-    for spec, overrides in configs:
-        method, config = build_method(spec, overrides)
-        run = start_run(spec, config, weights_fingerprint(method), plan, store, options)
-        outcomes.append(run)
-        jobs.append((run, method))
-        if not together:
+    outcomes: list[list[MethodRun]] = [[] for _ in configs]
+    built: list[tuple[int, MethodSpec, Method, dict[str, Any]]] = []
+
+    def flush() -> None:
+        for plan in plans:
+            jobs = []
+            for i, spec, method, config in built:
+                run = start_run(spec, config, weights_fingerprint(method), plan, store, options)
+                outcomes[i].append(run)
+                jobs.append((run, method))
             evaluate(jobs, plan, store, options)
-            jobs.clear()
+        built.clear()
+
+    for i, (spec, overrides) in enumerate(configs):
+        method, config = build_method(spec, overrides)
+        built.append((i, spec, method, config))
         del method
-    evaluate(jobs, plan, store, options)
+        if not together:
+            flush()
+    flush()
     return outcomes
 
 
@@ -287,8 +296,8 @@ def run(host: PluginHost, options: RunOptions) -> dict[str, Any]:
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     with Store(out / "store.sqlite") as store:
-        for outcome in run_configs(host, [(s, options.overrides) for s in specs], plan, store,
-                                   options):
+        for (outcome,) in run_configs(host, [(s, options.overrides) for s in specs], [plan],
+                                      store, options):
             summary = collect(store, outcome.record.run_key, plan.samples, plan.thresholds,
                               options.threshold, semantic=plan.dataset.task == "semantic")
             if summary["counts"]:
