@@ -114,6 +114,15 @@ def build_parser() -> argparse.ArgumentParser:
     grid.add_argument("--sweep-step", type=float, default=0.05, help="threshold sweep step")
     grid.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
     grid.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    report = sub.add_parser("report", help="run a leaderboard spec and render it as a static site")
+    report.add_argument("spec", type=Path, help="a spec, e.g. leaderboards/refshapes.yaml")
+    report.add_argument("--out", type=Path, default=Path("site"), help="site folder (default site/)")
+    report.add_argument("--store", type=Path, default=None,
+                        help="run folder holding store.sqlite (default: the spec's store, runs/<spec>)")
+    report.add_argument("--limit", type=_positive_int, default=None,
+                        help="first N samples of each split (a smoke test, marked on every page)")
+    report.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -216,7 +225,33 @@ def cmd_grid(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "grid": cmd_grid}
+def cmd_report(args: argparse.Namespace) -> int:
+    from refbench.plugins import get_host
+    from refbench.report.build import build
+    from refbench.report.gallery import build_gallery
+    from refbench.report.render import render_site
+    from refbench.report.spec import load_spec
+    from refbench.store import Store
+
+    spec = load_spec(args.spec, limit=args.limit, store=args.store)
+    host = get_host(strict=args.strict_plugins)
+    with Store(spec.store / "store.sqlite") as store:
+        report = build(host, spec, store, progress=not args.no_progress)
+        gallery = None
+        if spec.gallery is not None:
+            (split,) = [s for s in report.splits if (s.dataset.name, s.split) ==
+                        (spec.gallery.dataset, spec.gallery.split)]
+            gallery = build_gallery(host, spec, split, store, args.out)
+    index = render_site(report, gallery, args.out)
+    print(f"site: {index} ({len(report.splits)} leaderboards, {len(report.grids)} grids, "
+          f"{len(report.runs)} runs; store {spec.store / 'store.sqlite'})")
+    if spec.limit is not None:
+        print(f"(limit {spec.limit}: a subset, not a real score)")
+    return 0
+
+
+COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "grid": cmd_grid,
+            "report": cmd_report}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -252,8 +252,12 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         for label in contrast:
             _find_method(methods, label, g.where)
         include = g.get("include", (list, str, int))
+        split = g.get("split", str, dataset.splits[0])
+        if split not in dataset.splits:
+            raise UserError(f"{g.where}.split {split!r} is not a reported split of {dataset.name} "
+                            f"({', '.join(dataset.splits)})")
         gallery = GalleryEntry(
-            dataset=dataset.name, split=g.get("split", str, dataset.splits[0]),
+            dataset=dataset.name, split=split,
             count=g.get("samples", int, 6),
             include=_text_list(include, f"{g.where}.include") if include else [],
             contrast=(contrast[0], contrast[1]), methods=shown)
@@ -271,9 +275,9 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         r.done()
 
     spec_limit = top.get("limit", int)
+    spec_store = Path(top.get("store", str, f"runs/{path.stem}"))
     spec = ReportSpec(
-        path=path, title=top.get("title", str, path.stem),
-        store=store or Path(top.get("store", str, f"runs/{path.stem}")),
+        path=path, title=top.get("title", str, path.stem), store=store or spec_store,
         seed=top.get("seed", int, 0), batch_size=top.get("batch_size", int, 8),
         limit=limit if limit is not None else spec_limit,
         sweep_step=top.get("sweep_step", float, 0.05), breakdown=_breakdown(top),
