@@ -123,6 +123,12 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--limit", type=_positive_int, default=None,
                         help="first N samples of each split (a smoke test, marked on every page)")
     report.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    regress = sub.add_parser("regress", help="recompute a spec's leaderboards and compare them "
+                             "with its committed baseline (exit 1 on a regression)")
+    regress.add_argument("spec", type=Path, help="a spec with a 'regress:' section, e.g. leaderboards/ci.yaml")
+    regress.add_argument("--update", action="store_true", help="rewrite the baseline with the current figures")
+    regress.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -250,8 +256,17 @@ def cmd_report(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_regress(args: argparse.Namespace) -> int:
+    from refbench.plugins import get_host
+    from refbench.regress import regress
+    from refbench.report.spec import load_spec
+
+    return regress(get_host(strict=args.strict_plugins), load_spec(args.spec), update=args.update,
+                   progress=not args.no_progress)
+
+
 COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "grid": cmd_grid,
-            "report": cmd_report}
+            "report": cmd_report, "regress": cmd_regress}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -23,6 +23,7 @@ from refbench.metrics import PRECISION_AT
 from refbench.scorecard import Calibration, StatsOptions
 
 METRICS = ("oIoU", "mIoU", *(f"P@{k}" for k in PRECISION_AT))
+REGRESS_METRICS = (*METRICS, "semantic_mIoU")
 
 
 @dataclass(frozen=True)
@@ -268,8 +269,8 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         r = _Section(raw, f"{path.name}: regress")
         tolerance = {str(k): float(v) for k, v in r.get("tolerance", dict, {"mIoU": 0.0}).items()}
         for metric in tolerance:
-            if metric not in METRICS:
-                raise did_you_mean(metric, METRICS, f"metric in {r.where}.tolerance")
+            if metric not in REGRESS_METRICS:
+                raise did_you_mean(metric, REGRESS_METRICS, f"metric in {r.where}.tolerance")
         regress = RegressEntry(path.parent / r.get("baseline", str, f"baselines/{path.stem}.json"),
                                tolerance)
         r.done()
