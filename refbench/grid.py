@@ -17,10 +17,11 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from refbench.calibration import check_split_policy
-from refbench.config import Override, build_config, config_dict
+from refbench.config import Override, config_dict
 from refbench.errors import UserError, did_you_mean
 from refbench.plugins import PluginHost
-from refbench.runner import RunOptions, SplitPlan, config_class, plan_split, run_configs
+from refbench.runner import (RunOptions, SplitPlan, config_class, plan_split, resolve_config,
+                             run_configs)
 from refbench.scorecard import Calibration, Scored, StatsOptions, choose, score
 from refbench.store import Store
 
@@ -96,7 +97,7 @@ def check_grid(host: PluginHost, grid: GridSpec) -> None:
             raise UserError(f"{grid.method}.{o.key} is both varied (--param) and fixed (--set)")
     seen: dict[str, str] = {}
     for values in expand(grid):
-        resolved = str(config_dict(build_config(config_cls, grid.method, cell_overrides(grid, values))))
+        resolved = str(config_dict(resolve_config(spec, cell_overrides(grid, values))))
         label = ", ".join(f"{k}={v}" for k, v in values.items())
         if resolved in seen:
             raise UserError(f"grid cells {seen[resolved]!r} and {label!r} are the same config: "

@@ -127,19 +127,24 @@ def config_class(spec: MethodSpec) -> type | None:
     return getattr(factory, "Config", None)
 
 
-def build_method(spec: MethodSpec, overrides: list[Override]) -> tuple[Method, dict[str, Any]]:
-    """Instantiate a method with its config (defaults plus the overrides aimed at it)."""
-    factory = resolve(spec.factory)
+def resolve_config(spec: MethodSpec, overrides: list[Override]) -> Any | None:
+    """The method's config (defaults plus the overrides aimed at it), validated without
+    building the method; None for a method without a Config."""
     config_cls = config_class(spec)
     if config_cls is None:
         if any(o.target == spec.name for o in overrides):
             raise UserError(f"method {spec.name!r} takes no config keys")
-        return factory(None), {}
-    config = build_config(config_cls, spec.name, overrides)
-    method = factory(config)
+        return None
+    return build_config(config_cls, spec.name, overrides)
+
+
+def build_method(spec: MethodSpec, overrides: list[Override]) -> tuple[Method, dict[str, Any]]:
+    """Instantiate a method with its config (defaults plus the overrides aimed at it)."""
+    config = resolve_config(spec, overrides)
+    method = resolve(spec.factory)(config)
     if not callable(getattr(method, "predict", None)):
         raise UserError(f"method {spec.name!r} from plugin {spec.plugin!r} has no predict(batch)")
-    return method, config_dict(config)
+    return method, config_dict(config) if config is not None else {}
 
 
 @dataclass

@@ -132,7 +132,9 @@ def paired_test(iou_a: np.ndarray, iou_b: np.ndarray, clusters: np.ndarray,
     The p-value comes from a sign-flip permutation test on images: under "no difference" the
     labels A and B are exchangeable within an image, so the sign of each image's summed
     difference is a fair coin. The statistic is the mean per-sentence difference (the mIoU
-    difference), p = (1 + #{|T*| >= |T|}) / (1 + resamples), which is valid at any sample size.
+    difference), p = (1 + #{|T*| >= |T|}) / (1 + resamples), which is valid at any sample size;
+    with so few images that all 2^images sign patterns fit in ``resamples``, all are enumerated
+    and p is exact (it cannot go below 2 / 2^images: three images can never give p < 0.25).
     The interval is a paired bootstrap over images of the same difference.
     """
     iou_a = np.asarray(iou_a, dtype=np.float64)
@@ -149,12 +151,18 @@ def paired_test(iou_a: np.ndarray, iou_b: np.ndarray, clusters: np.ndarray,
     observed = float(per_image.sum() / n)
     rng = np.random.default_rng(seed)
 
-    extreme = 0
-    for size in _chunks(resamples, len(per_image)):
-        signs = rng.integers(0, 2, size=(size, len(per_image))) * 2.0 - 1.0
+    k = len(per_image)
+    if 2**k <= resamples:  # few images: every sign pattern, an exact p-value
+        signs = ((np.arange(2**k)[:, None] >> np.arange(k)) & 1) * 2.0 - 1.0
         flipped = np.abs(signs @ per_image) / n
-        extreme += int((flipped >= abs(observed) - 1e-12).sum())
-    p_value = (1 + extreme) / (1 + resamples)
+        p_value = float((flipped >= abs(observed) - 1e-12).mean())
+    else:
+        extreme = 0
+        for size in _chunks(resamples, k):
+            signs = rng.integers(0, 2, size=(size, k)) * 2.0 - 1.0
+            flipped = np.abs(signs @ per_image) / n
+            extreme += int((flipped >= abs(observed) - 1e-12).sum())
+        p_value = (1 + extreme) / (1 + resamples)
 
     parts = [weights @ sums for weights in bootstrap_weights(rng, len(sums), resamples)]
     totals = np.concatenate(parts)

@@ -90,6 +90,19 @@ def test_win_tie_loss_by_hand():
     assert result.diff == pytest.approx(a.mean() - b.mean())
 
 
+def test_few_images_get_the_exact_sign_flip_p_value():
+    a, b = np.array([0.9, 0.8, 0.7, 0.95]), np.array([0.1, 0.2, 0.3, 0.1])
+    clusters = np.array([1, 1, 2, 3])  # per-image differences 1.4, 0.4, 0.85: all positive
+    assert paired_test(a, b, clusters, resamples=1000).p_value == 2 / 8  # all +, all - of 8
+    # one image the other way: patterns at least as extreme are found by enumeration
+    b2 = b.copy()
+    b2[3] = 1.0  # image 3's difference becomes -0.05
+    d = np.array([1.4, 0.4, -0.05])
+    flips = np.array([[s0, s1, s2] for s0 in (-1, 1) for s1 in (-1, 1) for s2 in (-1, 1)])
+    exact = np.mean(np.abs(flips @ d) >= abs(d.sum()) - 1e-12)
+    assert paired_test(a, b2, clusters, resamples=1000).p_value == pytest.approx(exact)
+
+
 def _null_pair(rng: np.random.Generator, n_images: int):
     # Two exchangeable methods: each has its own per-image effect (shared by that image's
     # sentences) and per-sentence noise, so differences are correlated within an image.

@@ -16,12 +16,13 @@ from typing import Any
 from refbench import provenance
 from refbench.calibration import check_split_policy
 from refbench.errors import UserError
-from refbench.grid import GridRun, run_grid
+from refbench.grid import GridRun, check_grid, run_grid
 from refbench.plugins import PluginHost
 from refbench.report.spec import DatasetEntry, GridEntry, ReportSpec
 from refbench.report.tables import Table, ablation_table
 from refbench.results import breakdown, timestamp
-from refbench.runner import MethodRun, RunOptions, SplitPlan, plan_split, run_configs
+from refbench.runner import (MethodRun, RunOptions, SplitPlan, plan_split, resolve_config,
+                             run_configs)
 from refbench.scorecard import Calibration, Scored, choose, score
 from refbench.stats import PairedResult, paired_test
 from refbench.store import Store
@@ -84,16 +85,34 @@ def run_options(spec: ReportSpec, dataset: DatasetEntry, split: str, progress: b
                       out=spec.store, sweep_step=spec.sweep_step, progress=progress)
 
 
-def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store,
-                     progress: bool = True) -> list[SplitReport]:
-    """Evaluate every method on every reported and calibration split, and score them."""
-    configs = [(host.method(m.name), m.overrides) for m in spec.methods]
-    reports = []
+def check_spec(host: PluginHost, spec: ReportSpec) -> None:
+    """Fail on every mistake a spec can hold before anything is computed: unknown methods,
+    datasets or parameters, bad config values, thresholds that would be tuned on a reported
+    split."""
     for dataset in spec.datasets:
+        host.dataset(dataset.name)
         calibration = calibration_for(spec, dataset)
         if calibration.split is not None:
             check_split_policy(calibration.split, dataset.splits, calibration.tune_on_reported_split,
                                f"{spec.path.name}: dataset {dataset.name}")
+    for method in spec.methods:
+        resolve_config(host.method(method.name), method.overrides)
+    for grid in spec.grids:
+        check_grid(host, grid.grid)
+        calibration = calibration_for(spec, spec.dataset(grid.dataset))
+        if calibration.split is not None:
+            check_split_policy(calibration.split, [grid.split], calibration.tune_on_reported_split,
+                               f"{spec.path.name}: grid {grid.grid.name}")
+
+
+def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store,
+                     progress: bool = True) -> list[SplitReport]:
+    """Evaluate every method on every reported and calibration split, and score them."""
+    check_spec(host, spec)
+    configs = [(host.method(m.name), m.overrides) for m in spec.methods]
+    reports = []
+    for dataset in spec.datasets:
+        calibration = calibration_for(spec, dataset)
         splits = list(dict.fromkeys([*dataset.splits, *([calibration.split] if calibration.split else [])]))
         plans = [plan_split(host, run_options(spec, dataset, split, progress)) for split in splits]
         runs = run_configs(host, configs, plans, store, run_options(spec, dataset, splits[0], progress))
@@ -148,12 +167,14 @@ def run_spec_grids(host: PluginHost, spec: ReportSpec, no_progress: bool = False
     """``refbench grid SPEC``: the spec's grids only, as ablation tables."""
     if not spec.grids:
         raise UserError(f"{spec.path} defines no grids")
+    check_spec(host, spec)
     with Store(spec.store / "store.sqlite") as store:
         return [grid_table(spec, g) for g in run_grids(host, spec, store, not no_progress)]
 
 
 def build(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True) -> Report:
     """Run what is missing and score everything the spec shows (the gallery aside)."""
+    check_spec(host, spec)
     splits = run_leaderboards(host, spec, store, progress)
     grids = run_grids(host, spec, store, progress)
     keys = [s.run.record.run_key for r in splits for s in r.scored.values()]
