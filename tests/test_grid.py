@@ -15,7 +15,7 @@ from refbench.plugins import PluginHost
 from refbench.runner import RunOptions, plan_split, run_configs
 from refbench.scorecard import Calibration, StatsOptions
 from refbench.store import Store
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, report_spec, run_cli
 
 PLUGIN_PATH = str(REPO / "tests" / "plugins")
 PLUGINS = {"REFBENCH_PLUGINS": "rb_testplugin", "PYTHONPATH": PLUGIN_PATH}
@@ -171,3 +171,19 @@ def test_grid_mistakes_are_user_errors(shapes_root: Path, tmp_path: Path):
                             "--set", "gt_box.grow=0.2"), "both varied")
     assert_user_error(_grid(shapes_root, tmp_path, "--method", "gt_box", "--param", "grow=0,9"),
                       "grow must be in")
+
+
+def test_grids_from_a_spec(shapes_root: Path, tmp_path: Path):
+    spec = tmp_path / "grids.yaml"
+    spec.write_text(report_spec(shapes_root, tmp_path / "store", gallery="",
+                                grids="grids:\n  - method: gt_box\n    params: {grow: [0.0, 0.3]}\n"
+                                      "    split: testB\n"))
+    result = run_cli("grid", str(spec), "--no-progress", env=PLUGINS)
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0] == "gt_box: grow on refshapes testB"
+    rows = [l.split() for l in lines if l.startswith(("0.0 ", "0.3 "))]
+    assert [r[:2] for r in rows] == [["0.0", "mask"], ["0.3", "mask"]]
+    assert float(rows[0][5]) > float(rows[1][5])  # mIoU (after oIoU and its interval): looser is worse
+    assert (tmp_path / "store" / "store.sqlite").is_file()
+    assert_user_error(run_cli("grid", str(spec), "--method", "gt_box", env=PLUGINS), "not both")
