@@ -52,12 +52,6 @@ class PairedResult:
     clusters: int
     resamples: int
 
-    def as_dict(self) -> dict[str, float | int]:
-        return {"diff": self.diff, "low": self.interval.low, "high": self.interval.high,
-                "p_value": self.p_value, "wins": self.wins, "ties": self.ties,
-                "losses": self.losses, "n": self.n, "clusters": self.clusters,
-                "resamples": self.resamples}
-
 
 def cluster_sums(values: np.ndarray, clusters: np.ndarray) -> np.ndarray:
     """Sum the rows of ``values`` (N, K) within each cluster: (C, K), clusters in sorted order."""

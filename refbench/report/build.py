@@ -82,7 +82,8 @@ def run_options(spec: ReportSpec, dataset: DatasetEntry, split: str, progress: b
     return RunOptions(methods=[m.name for m in spec.methods], dataset=dataset.name, split=split,
                       data_root=dataset.root, dataset_options=dict(dataset.options),
                       limit=spec.limit, batch_size=spec.batch_size, seed=spec.seed,
-                      out=spec.store, sweep_step=spec.sweep_step, progress=progress)
+                      out=spec.store, threshold=spec.calibration.fixed, sweep_step=spec.sweep_step,
+                      progress=progress)
 
 
 def check_spec(host: PluginHost, spec: ReportSpec) -> None:

@@ -46,7 +46,7 @@ def to_text(table: Table) -> str:
 
 
 def _aligned(lines: list[list[str]], markdown: bool) -> list[str]:
-    widths = [max(len(line[j]) for line in lines) for j in range(len(lines[0]))]
+    widths = [max(3, *(len(line[j]) for line in lines)) for j in range(len(lines[0]))]
     pad = lambda line: [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]  # noqa: E731
     if markdown:
         rule = ["-" * w if j == 0 else "-" * (w - 1) + ":" for j, w in enumerate(widths)]

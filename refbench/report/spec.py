@@ -156,12 +156,13 @@ def _overrides(method: str, data: Any, where: str) -> list[Override]:
     return overrides
 
 
-def _breakdown(top: _Section) -> str | None:
-    """The meta field to break metrics down by: ``kind`` unless set, none when set to null."""
-    if "breakdown" in top.data and top.data["breakdown"] is None:
-        top.read.add("breakdown")
+def _nullable(section: _Section, key: str, default: str | None) -> str | None:
+    """A text field where an explicit null means "none" (no calibration split: a fixed
+    threshold; no breakdown) and absence means ``default``."""
+    if key in section.data and section.data[key] is None:
+        section.read.add(key)
         return None
-    return top.get("breakdown", str, "kind")
+    return section.get(key, str, default)
 
 
 def _label(name: str, overrides: list[Override]) -> str:
@@ -181,9 +182,10 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
 
     cal = _Section(top.get("calibration", dict), f"{path.name}: calibration")
     calibration = Calibration(
-        split=cal.get("split", str, "val"),
+        split=_nullable(cal, "split", "val"),
         criterion=check_criterion(cal.get("criterion", str, "mIoU")),
-        tune_on_reported_split=cal.get("tune_on_reported_split", bool, False))
+        tune_on_reported_split=cal.get("tune_on_reported_split", bool, False),
+        fixed=cal.get("threshold", float, 0.5))
     cal.done()
     st = _Section(top.get("statistics", dict), f"{path.name}: statistics")
     stats = StatsOptions(resamples=st.get("resamples", int, 2000),
@@ -199,7 +201,7 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         datasets.append(DatasetEntry(
             name=d.get("name", str, required=True),
             splits=_text_list(d.get("splits", (list, str), required=True), f"{d.where}.splits"),
-            calibration_split=d.get("calibration_split", str, calibration.split),
+            calibration_split=_nullable(d, "calibration_split", calibration.split),
             root=Path(root) if root else None, options=d.get("options", dict, {})))
         d.done()
     if not datasets:
@@ -281,7 +283,7 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         path=path, title=top.get("title", str, path.stem), store=store or spec_store,
         seed=top.get("seed", int, 0), batch_size=top.get("batch_size", int, 8),
         limit=limit if limit is not None else spec_limit,
-        sweep_step=top.get("sweep_step", float, 0.05), breakdown=_breakdown(top),
+        sweep_step=top.get("sweep_step", float, 0.05), breakdown=_nullable(top, "breakdown", "kind"),
         calibration=calibration, stats=stats, datasets=datasets, methods=methods,
         compare=pairs, grids=grids, gallery=gallery, regress=regress)  # type: ignore[arg-type]
     top.done()

@@ -37,10 +37,6 @@ class Table:
     rows: list[list[Cell]]
     notes: list[str] = field(default_factory=list)
 
-    def column(self, name: str) -> list[Cell]:
-        index = self.columns.index(name)
-        return [row[index] for row in self.rows]
-
 
 def pct(value: float | None) -> Cell:
     if value is None or math.isnan(value):
