@@ -47,7 +47,11 @@ class GridCell:
     scored: Scored
 
     def label(self) -> str:
-        return ", ".join(f"{k}={v}" for k, v in self.values.items())
+        return cell_label(self.values)
+
+
+def cell_label(values: dict[str, str]) -> str:
+    return ", ".join(f"{k}={v}" for k, v in values.items())
 
 
 def parse_param(text: str) -> tuple[str, list[str]]:
@@ -98,7 +102,7 @@ def check_grid(host: PluginHost, grid: GridSpec) -> None:
     seen: dict[str, str] = {}
     for values in expand(grid):
         resolved = str(config_dict(resolve_config(spec, cell_overrides(grid, values))))
-        label = ", ".join(f"{k}={v}" for k, v in values.items())
+        label = cell_label(values)
         if resolved in seen:
             raise UserError(f"grid cells {seen[resolved]!r} and {label!r} are the same config: "
                             f"drop the duplicate value")

@@ -134,10 +134,7 @@ def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store,
 def _analyse(spec: ReportSpec, report: SplitReport) -> None:
     """Paired comparisons and breakdowns of one split."""
     for a, b in spec.compare:
-        sa, sb = report.scored[a], report.scored[b]
-        ids_a = [r.sample_id for r in sa.samples.rows]
-        if ids_a != [r.sample_id for r in sb.samples.rows]:
-            continue  # only possible with missing rows; a paired test needs the same samples
+        sa, sb = report.scored[a], report.scored[b]  # rows in the split's sample order: aligned
         report.comparisons.append((a, b, paired_test(
             sa.samples.ious(sa.k), sb.samples.ious(sb.k), sa.samples.image_ids,
             spec.stats.resamples, spec.stats.confidence, spec.stats.seed)))
@@ -175,11 +172,10 @@ def run_spec_grids(host: PluginHost, spec: ReportSpec, no_progress: bool = False
 
 def build(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True) -> Report:
     """Run what is missing and score everything the spec shows (the gallery aside)."""
-    check_spec(host, spec)
     splits = run_leaderboards(host, spec, store, progress)
     grids = run_grids(host, spec, store, progress)
     keys = [s.run.record.run_key for r in splits for s in r.scored.values()]
     keys += [run.record.run_key for r in splits for run in r.calibration_runs.values()]
     keys += [c.scored.run.record.run_key for g in grids for c in g.result.cells]
-    runs = {key: store.run(key) for key in dict.fromkeys(keys)}
+    runs = {key: store.run(key) for key in dict.fromkeys(keys)}  # all registered by the runs above
     return Report(spec, splits, grids, {k: v for k, v in runs.items() if v is not None})

@@ -150,10 +150,10 @@ def _text(value: Any) -> str:
 
 
 def _overrides(method: str, data: Any, where: str) -> list[Override]:
-    section = _Section(data, where)
-    overrides = [Override(method, str(k), _text(v)) for k, v in section.data.items()]
-    section.read = set(section.data)
-    return overrides
+    """A ``set:`` mapping as the overrides ``--set method.key=value`` would give."""
+    if not isinstance(data, dict) or any(isinstance(v, (dict, list)) for v in data.values()):
+        raise UserError(f"{where} must map config keys to values, got {data!r}")
+    return [Override(method, str(k), _text(v)) for k, v in data.items()]
 
 
 def _nullable(section: _Section, key: str, default: str | None) -> str | None:
