@@ -9,6 +9,7 @@ suggestion, never a silently ignored setting.
 
 from __future__ import annotations
 
+import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -145,13 +146,20 @@ def _text_list(value: Any, where: str) -> list[str]:
 
 
 def _text(value: Any) -> str:
-    """A YAML scalar as the text ``--set`` would take (true -> 'true', 0.5 -> '0.5')."""
-    return str(value).lower() if isinstance(value, bool) else str(value)
+    """A YAML value as the text ``--set`` would take: true -> 'true', 0.5 -> '0.5',
+    [1, 2] -> '1,2' (tuple fields), {a: 1} -> '{"a": 1}' (dict fields)."""
+    if isinstance(value, bool):
+        return str(value).lower()
+    if isinstance(value, list):
+        return ",".join(_text(v) for v in value)
+    if isinstance(value, dict):
+        return json.dumps(value)
+    return str(value)
 
 
 def _overrides(method: str, data: Any, where: str) -> list[Override]:
     """A ``set:`` mapping as the overrides ``--set method.key=value`` would give."""
-    if not isinstance(data, dict) or any(isinstance(v, (dict, list)) for v in data.values()):
+    if not isinstance(data, dict):
         raise UserError(f"{where} must map config keys to values, got {data!r}")
     return [Override(method, str(k), _text(v)) for k, v in data.items()]
 
