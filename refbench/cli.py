@@ -234,6 +234,7 @@ def cmd_grid(args: argparse.Namespace) -> int:
 def cmd_report(args: argparse.Namespace) -> int:
     from refbench.plugins import get_host
     from refbench.report.build import build
+    from refbench.report.exports import to_text
     from refbench.report.gallery import build_gallery
     from refbench.report.render import render_site
     from refbench.report.spec import load_spec
@@ -248,9 +249,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             (split,) = [s for s in report.splits if (s.dataset.name, s.split) ==
                         (spec.gallery.dataset, spec.gallery.split)]
             gallery = build_gallery(host, spec, split, store, args.out)
-    index = render_site(report, gallery, args.out)
-    print(f"site: {index} ({len(report.splits)} leaderboards, {len(report.grids)} grids, "
-          f"{len(report.runs)} runs; store {spec.store / 'store.sqlite'})")
+    for table in render_site(report, gallery, args.out):
+        print(to_text(table) + "\n")
+    print(f"site: {args.out / 'index.html'} ({len(report.splits)} leaderboards, "
+          f"{len(report.grids)} grids, {len(report.runs)} runs; store {spec.store / 'store.sqlite'})")
     if spec.limit is not None:
         print(f"(limit {spec.limit}: a subset, not a real score)")
     return 0

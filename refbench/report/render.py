@@ -57,8 +57,9 @@ def grid_chart(grid: GridReport) -> Any:
     return line_chart([Series(n, p) for n, p in series.items()], first, f"{metric} (%)", title)
 
 
-def render_site(report: Report, gallery: Gallery | None, site: Path) -> Path:
-    """Write index.html, gallery.html, one page per run and every table's exports."""
+def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Table]:
+    """Write index.html, gallery.html, one page per run and every table's exports; returns the
+    leaderboards and ablation tables (for the console)."""
     spec = report.spec
     env = environment()
     site.mkdir(parents=True, exist_ok=True)
@@ -93,7 +94,7 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> Path:
         (site / RUNS_DIR / f"{key}.html").write_text(env.get_template("run.html").render(
             **{**common, "root": "../"}, run=record, uses=_uses(report, key)),
             encoding="utf-8")
-    return site / "index.html"
+    return [lb["leaderboard"]["table"] for lb in leaderboards] + [g["table"]["table"] for g in grids]
 
 
 def _uses(report: Report, run_key: str) -> list[dict[str, Any]]:
