@@ -68,8 +68,8 @@ def main() -> None:
     n = len(plan.samples)
     print(f"{grid.name} ({', '.join(f'{k}: {len(v)} values' for k, v in grid.params.items())}), "
           f"{len(configs)} cells x {n} samples of {args.dataset} {args.split}, batch {args.batch_size}")
-    print(f"| mode | shared computations | seconds | ms per cell-sample | speed-up |")
-    print(f"| --- | ---: | ---: | ---: | ---: |")
+    print("| mode | shared computations | seconds | ms per cell-sample | speed-up |")
+    print("| --- | ---: | ---: | ---: | ---: |")
     base = timings["one by one"]
     for mode in ("one by one", "grid (batch-major)"):
         t = timings[mode]

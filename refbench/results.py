@@ -43,10 +43,10 @@ class RunSamples:
         return iou(self.inter[:, k], self.union[:, k])
 
 
-def load_run_samples(store: Store, run_key: str, samples: Sequence[Sample], thresholds: Sequence[float],
-                with_masks: bool = False) -> RunSamples:
+def load_run_samples(store: Store, run_key: str, samples: Sequence[Sample],
+                     thresholds: Sequence[float]) -> RunSamples:
     """The stored rows of ``samples`` (rows of other samples are ignored; absent ones counted)."""
-    by_id = {r.sample_id: r for r in store.rows(run_key, with_masks=with_masks)}
+    by_id = {r.sample_id: r for r in store.rows(run_key)}
     rows = [by_id[s.sample_id] for s in samples if s.sample_id in by_id]
     t = len(thresholds)
     inter = np.array([r.inter for r in rows], dtype=np.int64).reshape(-1, t)

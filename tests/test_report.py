@@ -14,11 +14,9 @@ import pytest
 
 from refbench.data.masks import decode
 from refbench.data.refer import ReferDataset
-from refbench.metrics import iou
 from refbench.report.exports import to_latex, to_markdown
 from refbench.report.tables import Cell, Table
-from tests.conftest import (HOSTILE, HOSTILE_LABEL, PLUGIN_ENV, assert_user_error, report_spec,
-                            run_cli)
+from tests.conftest import HOSTILE_LABEL, PLUGIN_ENV, assert_user_error, report_spec, run_cli
 
 
 class _Links(HTMLParser):
@@ -193,7 +191,3 @@ def test_exports_carry_the_same_cells():
     assert r"x\_1 \textsuperscript{\dag} & 50.00 {\scriptsize[48.00, 52.00]} \\" in latex
     assert r"\caption{A \& B}" in latex and r"note 100\%" in latex
 
-
-def test_iou_of_empty_prediction_and_truth_is_one():
-    # the report inherits the metric definitions; guard the edge it depends on
-    assert iou(np.array([0]), np.array([0]))[0] == 1.0
