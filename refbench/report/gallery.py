@@ -93,8 +93,8 @@ def choose_samples(report: SplitReport, entry: GalleryEntry) -> list[tuple[Sampl
     by_id = {s.sample_id: s for s in report.plan.samples}
     unknown = [i for i in entry.include if i not in by_id]
     if unknown:
-        raise UserError(f"gallery.include: sample ids {unknown} are not in {report.dataset.name} "
-                        f"{report.split}" + (" (cut by limit?)" if report.plan.samples else ""))
+        raise UserError(f"gallery.include: sample ids {unknown} are not among the evaluated samples "
+                        f"of {report.dataset.name} {report.split} (a limit may have cut them)")
     picked = [(by_id[i], float(diff.get(i, 0.0)), True) for i in entry.include]
     ranked = sorted((i for i in diff if i not in entry.include), key=lambda i: (-abs(diff[i]), i))
     picked += [(by_id[i], float(diff[i]), False) for i in ranked[:entry.count]]

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
 
 from refbench.report.build import GridReport, Report, grid_table
 from refbench.report.charts import Point, Series, line_chart
@@ -41,7 +42,7 @@ def _exported(table: Table | None, site: Path) -> dict[str, Any] | None:
     return {"table": table, "exports": {fmt: f"{TABLES_DIR}/{name}" for fmt, name in files.items()}}
 
 
-def grid_chart(grid: GridReport) -> Any:
+def grid_chart(grid: GridReport) -> Markup:
     """The grid's metric against its first parameter, one line per combination of the others."""
     metric = grid.entry.grid.metric
     first, *others = grid.entry.grid.params
