@@ -110,6 +110,47 @@ def build_parser() -> argparse.ArgumentParser:
                      help="score-map threshold to report (all sweep thresholds are stored)")
     run.add_argument("--sweep-step", type=float, default=0.05, help="threshold sweep step")
     run.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    grid = sub.add_parser("grid", help="ablation grid: one method over the product of parameter values")
+    grid.add_argument("spec", nargs="?", type=Path, default=None,
+                      help="a spec in leaderboards/ whose grids to run (instead of --method/--param)")
+    grid.add_argument("--method", default=None, help="the method whose parameters vary")
+    grid.add_argument("--param", dest="params", action="append", default=[], metavar="NAME=V1,V2,...",
+                      help="a parameter and its values; several --param give the cartesian product")
+    _add_dataset_args(grid)
+    grid.add_argument("--limit", type=_positive_int, default=None,
+                      help="first N samples only (a smoke test, not a real score)")
+    grid.add_argument("--batch-size", type=_positive_int, default=8)
+    grid.add_argument("--seed", type=int, default=0)
+    grid.add_argument("--out", type=Path, default=None,
+                      help="run folder (default runs/<dataset>-<split>, the store `refbench run` uses)")
+    grid.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE",
+                      help="fix a config value for every cell")
+    grid.add_argument("--threshold", type=float, default=0.5,
+                      help="score-map threshold when no --calibration-split is given")
+    grid.add_argument("--calibration-split", default=None,
+                      help="choose each cell's threshold on this split (by --criterion)")
+    grid.add_argument("--criterion", default="mIoU", help="calibration criterion: mIoU, oIoU, semantic_mIoU")
+    grid.add_argument("--tune-on-reported-split", action="store_true",
+                      help="allow --calibration-split to equal --split (figures are marked)")
+    grid.add_argument("--sweep-step", type=float, default=0.05, help="threshold sweep step")
+    grid.add_argument("--resamples", type=_positive_int, default=2000, help="bootstrap resamples")
+    grid.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    report = sub.add_parser("report", help="run a leaderboard spec and render it as a static site")
+    report.add_argument("spec", type=Path, help="a spec, e.g. leaderboards/refshapes.yaml")
+    report.add_argument("--out", type=Path, default=Path("site"), help="site folder (default site/)")
+    report.add_argument("--store", type=Path, default=None,
+                        help="run folder holding store.sqlite (default: the spec's store, runs/<spec>)")
+    report.add_argument("--limit", type=_positive_int, default=None,
+                        help="first N samples of each split (a smoke test, marked on every page)")
+    report.add_argument("--no-progress", action="store_true", help="hide progress bars")
+
+    regress = sub.add_parser("regress", help="recompute a spec's leaderboards and compare them "
+                             "with its committed baseline (exit 1 on a regression)")
+    regress.add_argument("spec", type=Path, help="a spec with a 'regress:' section, e.g. leaderboards/ci.yaml")
+    regress.add_argument("--update", action="store_true", help="rewrite the baseline with the current figures")
+    regress.add_argument("--no-progress", action="store_true", help="hide progress bars")
     return parser
 
 
@@ -188,7 +229,95 @@ def cmd_run(args: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "train": cmd_train}
+def cmd_grid(args: argparse.Namespace) -> int:
+    from refbench.config import parse_overrides
+    from refbench.plugins import get_host
+
+    host = get_host(strict=args.strict_plugins)
+    if args.spec is not None:
+        if args.method or args.params:
+            raise UserError("give either a spec or --method/--param, not both")
+        from refbench.report.build import run_spec_grids
+        from refbench.report.exports import to_text
+        from refbench.report.spec import load_spec
+
+        for table in run_spec_grids(host, load_spec(args.spec, limit=args.limit), args.no_progress):
+            print(to_text(table) + "\n")
+        return 0
+
+    from refbench.grid import GridSpec, grid_payload, params_from, run_grid
+    from refbench.report.exports import to_text
+    from refbench.report.tables import ablation_table
+    from refbench.results import write_json
+    from refbench.runner import RunOptions, run_header
+    from refbench.scorecard import Calibration, StatsOptions
+    from refbench.store import Store
+
+    if not args.method:
+        raise UserError("pass --method NAME with one or more --param NAME=V1,V2 (or a spec file)")
+    if not 0 < args.sweep_step < 1:
+        raise UserError(f"--sweep-step must be between 0 and 1, got {args.sweep_step}")
+    grid = GridSpec(args.method, params_from(args.params), parse_overrides(args.overrides))
+    options = RunOptions(
+        methods=[args.method], dataset=args.dataset, split=args.split, data_root=args.data_root,
+        dataset_options=_dataset_options(args), limit=args.limit, batch_size=args.batch_size,
+        seed=args.seed, out=args.out, threshold=args.threshold, sweep_step=args.sweep_step,
+        progress=not args.no_progress)
+    calibration = Calibration(args.calibration_split, args.criterion, args.tune_on_reported_split,
+                              fixed=args.threshold)
+    out = options.out_dir()
+    out.mkdir(parents=True, exist_ok=True)
+    with Store(out / "store.sqlite") as store:
+        result = run_grid(host, grid, options, store, calibration, StatsOptions(args.resamples))
+    table = ablation_table(f"grid-{args.method}", f"{grid.name} on {args.dataset} {args.split}",
+                           list(grid.params), result.cells, args.calibration_split, 0.95)
+    payload = {**run_header(host, options, result.plan), "grid": grid_payload(result)}
+    write_json(out / f"grid-{args.method}.json", payload)
+    print(to_text(table))
+    if args.limit is not None:
+        print(f"(--limit {args.limit}: a subset, not a real score)")
+    print(f"results: {out / f'grid-{args.method}.json'}")
+    return 0
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from refbench.plugins import get_host
+    from refbench.report.build import build
+    from refbench.report.exports import to_text
+    from refbench.report.gallery import build_gallery
+    from refbench.report.render import render_site
+    from refbench.report.spec import load_spec
+    from refbench.store import Store
+
+    spec = load_spec(args.spec, limit=args.limit, store=args.store)
+    host = get_host(strict=args.strict_plugins)
+    with Store(spec.store / "store.sqlite") as store:
+        report = build(host, spec, store, progress=not args.no_progress)
+        gallery = None
+        if spec.gallery is not None:
+            (split,) = [s for s in report.splits if (s.dataset.name, s.split) ==
+                        (spec.gallery.dataset, spec.gallery.split)]
+            gallery = build_gallery(host, spec, split, store, args.out)
+    for table in render_site(report, gallery, args.out):
+        print(to_text(table) + "\n")
+    print(f"site: {args.out / 'index.html'} ({len(report.splits)} leaderboards, "
+          f"{len(report.grids)} grids, {len(report.runs)} runs; store {spec.store / 'store.sqlite'})")
+    if spec.limit is not None:
+        print(f"(limit {spec.limit}: a subset, not a real score)")
+    return 0
+
+
+def cmd_regress(args: argparse.Namespace) -> int:
+    from refbench.plugins import get_host
+    from refbench.regress import regress
+    from refbench.report.spec import load_spec
+
+    return regress(get_host(strict=args.strict_plugins), load_spec(args.spec), update=args.update,
+                   progress=not args.no_progress)
+
+
+COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "train": cmd_train,
+            "grid": cmd_grid, "report": cmd_report, "regress": cmd_regress}
 
 
 def main(argv: list[str] | None = None) -> int:

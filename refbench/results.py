@@ -7,33 +7,76 @@ import math
 import os
 import time
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from refbench.data.sample import Sample
-from refbench.metrics import confusion_miou, summarize_sweep, threshold_index
-from refbench.store import Store
+from refbench.metrics import confusion_miou, iou, summarize, summarize_sweep, threshold_index
+from refbench.store import SampleRow, Store
 
 CONFUSION_SIZE = 256  # category ids are < 255 (255 = ignore); 0 is background
+
+
+@dataclass
+class RunSamples:
+    """One run's per-sample counts over exactly a list of samples, in that list's order (so
+    two runs over the same samples line up row by row for paired comparisons)."""
+
+    rows: list[SampleRow]
+    inter: np.ndarray  # (N, T)
+    union: np.ndarray  # (N, T)
+    missing: int
+
+    @property
+    def is_mask(self) -> bool:
+        return bool(self.rows) and all(r.is_mask for r in self.rows)
+
+    @property
+    def image_ids(self) -> np.ndarray:
+        return np.array([r.image_id for r in self.rows], dtype=np.int64)
+
+    def ious(self, k: int) -> np.ndarray:
+        """Per-sample IoU at threshold index ``k``."""
+        return iou(self.inter[:, k], self.union[:, k])
+
+
+def load_run_samples(store: Store, run_key: str, samples: Sequence[Sample],
+                     thresholds: Sequence[float]) -> RunSamples:
+    """The stored rows of ``samples`` (rows of other samples are ignored; absent ones counted)."""
+    by_id = {r.sample_id: r for r in store.rows(run_key)}
+    rows = [by_id[s.sample_id] for s in samples if s.sample_id in by_id]
+    t = len(thresholds)
+    inter = np.array([r.inter for r in rows], dtype=np.int64).reshape(-1, t)
+    pred = np.array([r.pred_area for r in rows], dtype=np.int64).reshape(-1, t)
+    gt = np.array([r.gt_area for r in rows], dtype=np.int64).reshape(-1, 1)
+    return RunSamples(rows, inter, pred + gt - inter, len(samples) - len(rows))
+
+
+def breakdown(stored: RunSamples, k: int, field: str) -> dict[str, dict[str, float]]:
+    """Metrics at threshold index ``k`` per value of the sample meta ``field`` (e.g. RefShapes'
+    ``kind``); samples without the field are grouped under "(none)". Empty when no sample has it."""
+    values = [str(r.meta.get(field, "(none)")) for r in stored.rows]
+    if all(v == "(none)" for v in values):
+        return {}
+    keys = np.array(values)
+    return {value: summarize(stored.inter[keys == value, k], stored.union[keys == value, k])
+            for value in sorted(set(values))}
 
 
 def collect(store: Store, run_key: str, samples: Sequence[Sample], thresholds: Sequence[float],
             report_threshold: float, semantic: bool = False) -> dict[str, Any]:
     """Metrics of one run over exactly ``samples`` (rows of other samples are ignored)."""
-    wanted = {s.sample_id for s in samples}
-    rows = [r for r in store.rows(run_key) if r.sample_id in wanted]
-    missing = len(wanted) - len(rows)
+    stored = load_run_samples(store, run_key, samples, thresholds)
+    rows = stored.rows
     t = len(thresholds)
-    inter = np.array([r.inter for r in rows], dtype=np.int64).reshape(-1, t)
-    pred = np.array([r.pred_area for r in rows], dtype=np.int64).reshape(-1, t)
-    gt = np.array([r.gt_area for r in rows], dtype=np.int64).reshape(-1, 1)
-    sweep = summarize_sweep(inter, pred + gt - inter, thresholds)
-    is_mask = bool(rows) and all(r.is_mask for r in rows)
+    sweep = summarize_sweep(stored.inter, stored.union, thresholds)
+    is_mask = stored.is_mask
     k = threshold_index(thresholds, report_threshold)
     result: dict[str, Any] = {
-        "n": len(rows), "missing": missing, "output": "mask" if is_mask else "scores",
+        "n": len(rows), "missing": stored.missing, "output": "mask" if is_mask else "scores",
         "threshold": None if is_mask else report_threshold,
         "metrics": {key: v for key, v in sweep[k].items() if key != "threshold"},
         "counts": _counts(rows),

@@ -1,9 +1,11 @@
 """Runs methods over a dataset split: resumable, batch-size independent, one store.
 
-The flow per method: build it from its spec and config, fingerprint it, skip the samples the
-store already holds, then for each batch of whole groups load images, predict, score, and write
-the batch in one transaction. Metrics are computed from the store afterwards, so a resumed run
-and an uninterrupted one report the same numbers.
+The flow: plan the split (samples, sweep), build each method from its spec and config,
+fingerprint it, skip the samples the store already holds, then for each batch of whole groups
+load images, predict, score, and write the batch in one transaction. Single runs and the cells of
+a grid go through the same ``evaluate``; a grid just hands it several runs at once, so each
+batch is loaded once for all of them. Metrics are computed from the store afterwards, so a
+resumed run and an uninterrupted one report the same numbers.
 """
 
 from __future__ import annotations
@@ -125,118 +127,189 @@ def config_class(spec: MethodSpec) -> type | None:
     return getattr(factory, "Config", None)
 
 
-def build_method(spec: MethodSpec, overrides: list[Override]) -> tuple[Method, dict[str, Any]]:
-    """Instantiate a method with its config (defaults plus the overrides aimed at it)."""
-    factory = resolve(spec.factory)
+def resolve_config(spec: MethodSpec, overrides: list[Override]) -> Any | None:
+    """The method's config (defaults plus the overrides aimed at it), validated without
+    building the method; None for a method without a Config."""
     config_cls = config_class(spec)
     if config_cls is None:
         if any(o.target == spec.name for o in overrides):
             raise UserError(f"method {spec.name!r} takes no config keys")
-        return factory(None), {}
-    config = build_config(config_cls, spec.name, overrides)
-    method = factory(config)
+        return None
+    return build_config(config_cls, spec.name, overrides)
+
+
+def build_method(spec: MethodSpec, overrides: list[Override]) -> tuple[Method, dict[str, Any]]:
+    """Instantiate a method with its config (defaults plus the overrides aimed at it)."""
+    config = resolve_config(spec, overrides)
+    method = resolve(spec.factory)(config)
     if not callable(getattr(method, "predict", None)):
         raise UserError(f"method {spec.name!r} from plugin {spec.plugin!r} has no predict(batch)")
-    return method, config_dict(config)
+    return method, config_dict(config) if config is not None else {}
 
 
 @dataclass
 class MethodRun:
+    """One method configuration evaluated on one split: a run in the store."""
+
     spec: MethodSpec
     record: RunRecord
     computed: int = 0
     reused: int = 0
-    seconds: float = 0.0
+    seconds: float = 0.0  # predict + score + write, image loading excluded
+
+    @property
+    def config(self) -> dict[str, Any]:
+        return self.record.config
+
+    def result(self, summary: dict[str, Any]) -> dict[str, Any]:
+        """The run's entry in a results file."""
+        return {"plugin": self.spec.plugin, "fingerprint": self.record.method_fingerprint,
+                "run_key": self.record.run_key, "config": self.config, **summary,
+                "computed": self.computed, "reused": self.reused,
+                "seconds_per_sample": self.seconds / self.computed if self.computed else None}
 
 
-def run_method(spec: MethodSpec, method: Method, config: dict[str, Any], dataset: Dataset,
-               split: str, samples: Sequence[Sample], store: Store, options: RunOptions,
-               thresholds: tuple[float, ...], dataset_fp: str) -> MethodRun:
-    method_fp = provenance.method_fingerprint(spec.name, config, weights_fingerprint(method))
-    record = RunRecord(
-        run_key=provenance.run_key(method_fp, dataset_fp, options.seed, thresholds),
-        method=spec.name, method_fingerprint=method_fp, config=config, dataset=dataset.name,
-        split=split, dataset_fingerprint=dataset_fp, seed=options.seed, thresholds=thresholds,
-        versions=provenance.versions(), git_hash=provenance.git_hash(), limit_n=options.limit,
-        info={"plugin": spec.plugin})
-    store.register_run(record)
-    done = store.done_ids(record.run_key)
-    todo = [s for s in samples if s.sample_id not in done]
-    outcome = MethodRun(spec, record, reused=len(samples) - len(todo))
-    if not todo:
-        return outcome
-    from tqdm import tqdm
+@dataclass
+class SplitPlan:
+    """What is evaluated: a split's samples (cut by --limit) and the sweep they are scored at."""
 
-    start = time.perf_counter()
-    with tqdm(total=len(samples), initial=outcome.reused, desc=spec.name, unit="sample",
-              disable=not options.progress, dynamic_ncols=True, file=sys.stderr) as bar:
-        for batch_samples in batches(todo, options.batch_size):
-            images = [load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in batch_samples]
-            seeds = [sample_seed(options.seed, s.sample_id) for s in batch_samples]
-            predictions = method.predict(Batch(batch_samples, images, seeds))
-            rows, groups = score_batch(batch_samples, predictions, spec.name, thresholds, dataset)
-            store.write(record.run_key, rows, groups)
-            outcome.computed += len(batch_samples)
-            bar.update(len(batch_samples))
-    outcome.seconds = time.perf_counter() - start
-    return outcome
+    dataset: Dataset
+    split: str
+    samples: list[Sample]
+    fingerprint: str
+    thresholds: tuple[float, ...]
 
 
-def run(host: PluginHost, options: RunOptions) -> dict[str, Any]:
-    """``refbench run``: evaluate each method, print the table, write results.json."""
+def plan_split(host: PluginHost, options: RunOptions) -> SplitPlan:
+    """Open the dataset and list the samples to evaluate, failing early on missing images."""
     if options.batch_size < 1:
         raise UserError(f"--batch-size must be at least 1, got {options.batch_size}")
-    if not options.methods:
-        raise UserError("no methods given: pass --methods NAME[,NAME...] (see refbench ls methods)")
-    specs = [host.method(name) for name in options.methods]
     thresholds = sweep_thresholds(options.sweep_step)
     try:
         threshold_index(thresholds, options.threshold)
     except ValueError:
         raise UserError(f"--threshold {options.threshold} is not on the sweep "
                         f"(step {options.sweep_step}): pick one of {list(thresholds)}") from None
-    check_targets(options.overrides, options.methods,
-                  {s.name: _field_names(config_class(s)) for s in specs})
-
     dataset = open_dataset(host, options.dataset, options.data_root, options.dataset_options)
     samples = plan_samples(dataset, options.split, options.limit)
     if not samples:
         raise UserError(f"split {options.split!r} of {options.dataset} has no samples")
     check_images_exist([s.image_path for s in samples])
-    dataset_fp = dataset.fingerprint(options.split)
+    return SplitPlan(dataset, options.split, samples, dataset.fingerprint(options.split), thresholds)
+
+
+def start_run(spec: MethodSpec, config: dict[str, Any], weights: str, plan: SplitPlan,
+              store: Store, options: RunOptions) -> MethodRun:
+    """Register the run (its key fixes which stored rows it may reuse) and count them."""
+    method_fp = provenance.method_fingerprint(spec.name, config, weights)
+    record = RunRecord(
+        run_key=provenance.run_key(method_fp, plan.fingerprint, options.seed, plan.thresholds),
+        method=spec.name, method_fingerprint=method_fp, config=config, dataset=plan.dataset.name,
+        split=plan.split, dataset_fingerprint=plan.fingerprint, seed=options.seed,
+        thresholds=plan.thresholds, versions=provenance.versions(), git_hash=provenance.git_hash(),
+        limit_n=options.limit, info={"plugin": spec.plugin})
+    store.register_run(record)
+    return MethodRun(spec, record)
+
+
+def evaluate(jobs: Sequence[tuple[MethodRun, Method]], plan: SplitPlan, store: Store,
+             options: RunOptions) -> None:
+    """Compute the samples each run still lacks, batch-major.
+
+    Each batch of whole groups is loaded once and every run that still needs any of its
+    samples predicts on them before the next batch is loaded. So work a method caches per
+    (image, seed), such as a diffusion model's latents and noise, is shared by all the runs of a
+    grid while it is still in cache. Each run's part of a batch is written in one transaction
+    under its own run key: a killed process loses at most one batch per run.
+    """
+    pending = []
+    for run, _ in jobs:
+        done = store.done_ids(run.record.run_key)
+        pending.append({s.sample_id for s in plan.samples if s.sample_id not in done})
+        run.reused = len(plan.samples) - len(pending[-1])
+    todo = [s for s in plan.samples if any(s.sample_id in p for p in pending)]
+    if not todo:
+        return
+    from tqdm import tqdm
+
+    desc = jobs[0][0].spec.name if len(jobs) == 1 else f"{len(jobs)} runs"
+    with tqdm(total=len(plan.samples) * len(jobs), initial=sum(r.reused for r, _ in jobs),
+              desc=desc, unit="sample", disable=not options.progress, dynamic_ncols=True,
+              file=sys.stderr) as bar:
+        for batch_samples in batches(todo, options.batch_size):
+            images = [load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in batch_samples]
+            seeds = [sample_seed(options.seed, s.sample_id) for s in batch_samples]
+            for (run, method), wanted in zip(jobs, pending):
+                picked = [i for i, s in enumerate(batch_samples) if s.sample_id in wanted]
+                if not picked:
+                    continue
+                start = time.perf_counter()
+                sub = [batch_samples[i] for i in picked]
+                predictions = method.predict(Batch(sub, [images[i] for i in picked],
+                                                   [seeds[i] for i in picked]))
+                rows, groups = score_batch(sub, predictions, run.spec.name, plan.thresholds,
+                                           plan.dataset)
+                store.write(run.record.run_key, rows, groups)
+                run.seconds += time.perf_counter() - start
+                run.computed += len(sub)
+                bar.update(len(sub))
+
+
+def run_configs(host: PluginHost, configs: Sequence[tuple[MethodSpec, list[Override]]],
+                plans: Sequence[SplitPlan], store: Store, options: RunOptions,
+                together: bool = False) -> list[list[MethodRun]]:
+    """Evaluate method configurations on one or more splits, resuming from the store; the
+    result is indexed [config][plan]. Each method is built once for all the splits.
+
+    ``together=False`` holds one method in memory at a time (different models on one GPU);
+    ``together=True`` builds them all and runs them batch-major (the cells of a grid, which
+    share a backbone and per-sample work).
+    """
+    outcomes: list[list[MethodRun]] = [[] for _ in configs]
+    built: list[tuple[int, MethodSpec, Method, dict[str, Any]]] = []
+
+    def flush() -> None:
+        for plan in plans:
+            jobs = []
+            for i, spec, method, config in built:
+                run = start_run(spec, config, weights_fingerprint(method), plan, store, options)
+                outcomes[i].append(run)
+                jobs.append((run, method))
+            evaluate(jobs, plan, store, options)
+        built.clear()
+
+    for i, (spec, overrides) in enumerate(configs):
+        method, config = build_method(spec, overrides)
+        built.append((i, spec, method, config))
+        del method
+        if not together:
+            flush()
+    flush()
+    return outcomes
+
+
+def run(host: PluginHost, options: RunOptions) -> dict[str, Any]:
+    """``refbench run``: evaluate each method, print the table, write results.json."""
+    if not options.methods:
+        raise UserError("no methods given: pass --methods NAME[,NAME...] (see refbench ls methods)")
+    specs = [host.method(name) for name in options.methods]
+    check_targets(options.overrides, options.methods,
+                  {s.name: _field_names(config_class(s)) for s in specs})
+    plan = plan_split(host, options)
 
     out = options.out_dir()
     out.mkdir(parents=True, exist_ok=True)
     results: dict[str, dict[str, Any]] = {}
     with Store(out / "store.sqlite") as store:
-        for spec in specs:
-            method, config = build_method(spec, options.overrides)
-            outcome = run_method(spec, method, config, dataset, options.split, samples, store,
-                                 options, thresholds, dataset_fp)
-            summary = collect(store, outcome.record.run_key, samples, thresholds,
-                              options.threshold, semantic=dataset.task == "semantic")
+        for (outcome,) in run_configs(host, [(s, options.overrides) for s in specs], [plan],
+                                      store, options):
+            summary = collect(store, outcome.record.run_key, plan.samples, plan.thresholds,
+                              options.threshold, semantic=plan.dataset.task == "semantic")
             if summary["counts"]:
                 store.update_run_info(outcome.record.run_key, {"counts": summary["counts"]})
-            results[spec.name] = {
-                "plugin": spec.plugin, "fingerprint": outcome.record.method_fingerprint,
-                "run_key": outcome.record.run_key, "config": config, **summary,
-                "computed": outcome.computed, "reused": outcome.reused,
-                "seconds_per_sample": outcome.seconds / outcome.computed if outcome.computed else None,
-            }
-            del method
+            results[outcome.spec.name] = outcome.result(summary)
     payload = {
-        "refbench_version": provenance.versions()["refbench"],
-        "created": timestamp(),
-        "git_hash": provenance.git_hash(),
-        "versions": provenance.versions(),
-        "dataset": {"name": options.dataset, "split": options.split, "task": dataset.task,
-                    "root": str(options.data_root or default_root(host.dataset(options.dataset))),
-                    "fingerprint": dataset_fp, "n_samples": len(samples)},
-        "limit": options.limit,
-        "note": ("--limit was used: these figures cover a subset and are NOT a real score"
-                 if options.limit is not None else None),
-        "seed": options.seed,
-        "batch_size": options.batch_size,
+        **run_header(host, options, plan),
         "results": results,
     }
     write_json(out / "results.json", payload)
@@ -245,6 +318,24 @@ def run(host: PluginHost, options: RunOptions) -> dict[str, Any]:
         print(f"(--limit {options.limit}: a subset, not a real score)")
     print(f"results: {out / 'results.json'}")
     return payload
+
+
+def run_header(host: PluginHost, options: RunOptions, plan: SplitPlan) -> dict[str, Any]:
+    """Provenance for a results file: versions, git hash, data set, limit, seed."""
+    return {
+        "refbench_version": provenance.versions()["refbench"],
+        "created": timestamp(),
+        "git_hash": provenance.git_hash(),
+        "versions": provenance.versions(),
+        "dataset": {"name": options.dataset, "split": plan.split, "task": plan.dataset.task,
+                    "root": str(options.data_root or default_root(host.dataset(options.dataset))),
+                    "fingerprint": plan.fingerprint, "n_samples": len(plan.samples)},
+        "limit": options.limit,
+        "note": ("--limit was used: these figures cover a subset and are NOT a real score"
+                 if options.limit is not None else None),
+        "seed": options.seed,
+        "batch_size": options.batch_size,
+    }
 
 
 def _field_names(config_cls: type | None) -> set[str]:

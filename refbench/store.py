@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import sqlite3
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -222,11 +222,24 @@ class Store:
                 [(run_key, g.group_id, json.dumps(g.classes), _blob(g.confusion.ravel()))
                  for g in groups])
 
-    def rows(self, run_key: str, with_masks: bool = False) -> list[SampleRow]:
+    def rows(self, run_key: str, with_masks: bool = False,
+             sample_ids: Collection[str] | None = None) -> list[SampleRow]:
+        """A run's rows; only those of ``sample_ids`` when given (a gallery needs a few masks,
+        not every mask of the split)."""
         columns = "sample_id, image_id, group_id, inter, pred_area, gt_area, is_mask, meta, info" + (
             ", mask_rle" if with_masks else "")
+        query = f"SELECT {columns} FROM samples WHERE run_key=?"
+        if sample_ids is None:
+            found = self.conn.execute(query, (run_key,)).fetchall()
+        else:
+            ids = list(sample_ids)
+            found = []
+            for start in range(0, len(ids), 500):  # SQLite caps the number of parameters
+                chunk = ids[start:start + 500]
+                found += self.conn.execute(
+                    f"{query} AND sample_id IN ({','.join('?' * len(chunk))})", (run_key, *chunk)).fetchall()
         out = []
-        for r in self.conn.execute(f"SELECT {columns} FROM samples WHERE run_key=?", (run_key,)):
+        for r in found:
             out.append(SampleRow(
                 sample_id=r[0], image_id=r[1], group_id=r[2], inter=_unblob(r[3]),
                 pred_area=_unblob(r[4]), gt_area=r[5], is_mask=bool(r[6]), meta=json.loads(r[7]),

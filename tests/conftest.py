@@ -68,3 +68,56 @@ def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> N
     assert len(lines) == 1, result.stderr
     for fragment in fragments:
         assert fragment in lines[0], (fragment, lines[0])
+
+
+PLUGIN_ENV = {"REFBENCH_PLUGINS": "rb_testplugin", "PYTHONPATH": str(REPO / "tests" / "plugins")}
+HOSTILE = '<script>alert("x")</script><img src=x onerror=alert(1)>'
+HOSTILE_LABEL = "Colour & <b>noise</b>"
+
+
+def report_spec(root: Path, store: Path, **extra: str) -> str:
+    """A small report spec over a RefShapes copy: two reference methods and a score-map test
+    method, a grid, a gallery; ``extra`` replaces top-level sections (YAML text)."""
+    sections = {
+        "head": f"title: Test report\nstore: {store}\nseed: 0\nbatch_size: 4\n",
+        "calibration": "calibration:\n  split: val\n  criterion: mIoU\n",
+        "statistics": "statistics:\n  resamples: 300\n",
+        "datasets": f"datasets:\n  - name: refshapes\n    root: {root}\n    splits: [testA, testB]\n",
+        "methods": ("methods:\n  - name: full_image\n    label: Full image\n  - name: gt_box\n"
+                    "    label: GT box\n  - name: shared_blobs\n    label: '" + HOSTILE_LABEL + "'\n"
+                    "    set: {alpha: 0.9}\n"),
+        "grids": ("grids:\n  - method: shared_blobs\n    params: {alpha: [0.0, 0.5, 0.9]}\n"
+                  "    split: testA\n"),
+        "gallery": ("gallery:\n  split: testB\n  samples: 2\n  include: ['HOSTILE_ID']\n"
+                    "  contrast: ['" + HOSTILE_LABEL + "', GT box]\n"),
+    }
+    sections.update(extra)
+    return "\n".join(sections.values())
+
+
+@pytest.fixture(scope="session")
+def hostile_root(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, str]:
+    """A RefShapes copy whose first testB sentence is hostile markup (data is untrusted)."""
+    import pickle
+
+    root = tmp_path_factory.mktemp("hostile") / "refshapes"
+    generate(root, ShapesConfig(seed=0, images=SMALL))
+    refs_path = root / "refshapes" / "refs(unc).p"
+    refs = pickle.loads(refs_path.read_bytes())
+    sentence = next(r for r in refs if r["split"] == "testB")["sentences"][0]
+    sentence["raw"] = sentence["sent"] = HOSTILE
+    refs_path.write_bytes(pickle.dumps(refs))
+    return root, str(sentence["sent_id"])
+
+
+@pytest.fixture(scope="session")
+def report_site(hostile_root: tuple[Path, str], tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A site rendered once by `refbench report` for the report and browser tests."""
+    root, hostile_id = hostile_root
+    work = tmp_path_factory.mktemp("report")
+    spec = work / "spec.yaml"
+    spec.write_text(report_spec(root, work / "store").replace("HOSTILE_ID", hostile_id))
+    result = run_cli("report", str(spec), "--out", str(work / "site"), "--no-progress",
+                     env=PLUGIN_ENV)
+    assert result.returncode == 0, result.stderr
+    return work / "site"

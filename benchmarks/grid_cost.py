@@ -1,0 +1,81 @@
+"""What a grid costs against running its cells one by one.
+
+    python benchmarks/grid_cost.py                       # the demo method, 9 alpha values
+    python benchmarks/grid_cost.py --method diffsegmenter_ab --param alpha=0.1,0.5,0.9 --limit 40
+
+Both modes start from an empty store and an empty cache and compute the same rows; "one by one"
+evaluates each cell over the whole split before the next (as separate `refbench run --set`
+invocations would), "grid" evaluates all cells batch-major (`refbench grid`). The default method,
+`shared_blobs` from tests/plugins, has a costly part that does not depend on its parameter,
+cached per (image, seed) in a small LRU, as the diffusion methods cache latents and noise.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parent.parent
+sys.path[:0] = [str(REPO), str(REPO / "tests" / "plugins")]
+os.environ.setdefault("REFBENCH_PLUGINS", "rb_testplugin")
+
+from refbench.config import parse_overrides  # noqa: E402
+from refbench.grid import GridSpec, cell_overrides, expand, params_from  # noqa: E402
+from refbench.plugins import PluginHost  # noqa: E402
+from refbench.runner import RunOptions, plan_split, run_configs  # noqa: E402
+from refbench.store import Store  # noqa: E402
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--method", default="shared_blobs")
+    parser.add_argument("--param", action="append", default=None)
+    parser.add_argument("--set", dest="overrides", action="append", default=None)
+    parser.add_argument("--dataset", default="refshapes")
+    parser.add_argument("--split", default="val")
+    parser.add_argument("--data-root", type=Path, default=None)
+    parser.add_argument("--limit", type=int, default=120)
+    parser.add_argument("--batch-size", type=int, default=8)
+    args = parser.parse_args()
+    params = args.param or ["alpha=0.1,0.3,0.5,0.7,0.8,0.85,0.9,0.95,1.0"]
+    fixed = args.overrides if args.overrides is not None else (
+        ["shared_blobs.cost=40"] if args.method == "shared_blobs" else [])
+
+    host = PluginHost()
+    grid = GridSpec(args.method, params_from(params), parse_overrides(fixed))
+    options = RunOptions(methods=[args.method], dataset=args.dataset, split=args.split,
+                         data_root=args.data_root, limit=args.limit, batch_size=args.batch_size,
+                         progress=False)
+    plan = plan_split(host, options)
+    spec = host.method(args.method)
+    configs = [(spec, cell_overrides(grid, values)) for values in expand(grid)]
+    clear = getattr(sys.modules.get("rb_testplugin"), "clear_shared", lambda: None)
+
+    timings = {}
+    for mode, together in (("one by one", False), ("grid (batch-major)", True)):
+        clear()
+        with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store.sqlite") as store:
+            start = time.perf_counter()
+            run_configs(host, configs, [plan], store, options, together=together)
+            timings[mode] = time.perf_counter() - start
+        calls = getattr(sys.modules.get("rb_testplugin"), "SHARED_CALLS", {})
+        timings[mode + " shared"] = calls.get("computed", "-") if args.method == "shared_blobs" else "-"
+
+    n = len(plan.samples)
+    print(f"{grid.name} ({', '.join(f'{k}: {len(v)} values' for k, v in grid.params.items())}), "
+          f"{len(configs)} cells x {n} samples of {args.dataset} {args.split}, batch {args.batch_size}")
+    print("| mode | shared computations | seconds | ms per cell-sample | speed-up |")
+    print("| --- | ---: | ---: | ---: | ---: |")
+    base = timings["one by one"]
+    for mode in ("one by one", "grid (batch-major)"):
+        t = timings[mode]
+        print(f"| {mode} | {timings[mode + ' shared']} | {t:.2f} | {1000 * t / (n * len(configs)):.1f} "
+              f"| {base / t:.2f}x |")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""Every table as CSV (for analysis), Markdown (for READMEs and issues) and LaTeX (for papers),
+and as aligned text for the console."""
+
+from __future__ import annotations
+
+import csv
+import io
+from pathlib import Path
+
+from refbench.report.tables import Cell, Table
+
+FORMATS = ("csv", "md", "tex")
+
+
+def _with_interval(cell: Cell, sep: str = " ") -> str:
+    return cell.text if cell.low is None else f"{cell.text}{sep}[{cell.low}, {cell.high}]"
+
+
+def to_csv(table: Table) -> str:
+    """One column per figure; an interval adds '<column> low' and '<column> high' columns."""
+    has_interval = [any(row[j].low is not None for row in table.rows) for j in range(len(table.columns))]
+    header: list[str] = []
+    for name, extra in zip(table.columns, has_interval):
+        header += [name, f"{name} low", f"{name} high"] if extra else [name]
+    out = io.StringIO()
+    writer = csv.writer(out, lineterminator="\n")
+    writer.writerow(header)
+    for row in table.rows:
+        line: list[str] = []
+        for cell, extra in zip(row, has_interval):
+            line += [cell.text, cell.low or "", cell.high or ""] if extra else [cell.text]
+        writer.writerow(line)
+    return out.getvalue()
+
+
+def to_markdown(table: Table) -> str:
+    escape = lambda text: text.replace("|", "\\|")  # noqa: E731
+    body = [[escape(_with_interval(c)) for c in row] for row in table.rows]
+    return "\n".join([f"**{escape(table.title)}**", "", *_aligned([table.columns, *body], markdown=True),
+                      "", *table.notes]) + "\n"
+
+
+def to_text(table: Table) -> str:
+    body = [[_with_interval(c) for c in row] for row in table.rows]
+    return "\n".join([table.title, *_aligned([table.columns, *body], markdown=False), *table.notes])
+
+
+def _aligned(lines: list[list[str]], markdown: bool) -> list[str]:
+    widths = [max(3, *(len(line[j]) for line in lines)) for j in range(len(lines[0]))]
+    pad = lambda line: [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]  # noqa: E731
+    if markdown:
+        rule = ["-" * w if j == 0 else "-" * (w - 1) + ":" for j, w in enumerate(widths)]
+        return ["| " + " | ".join(pad(line)) + " |" for line in [lines[0], rule, *lines[1:]]]
+    return ["  ".join(pad(line)) for line in [lines[0], ["-" * w for w in widths], *lines[1:]]]
+
+
+_LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",
+                  "_": r"\_", "{": r"\{", "}": r"\}", "~": r"\textasciitilde{}",
+                  "^": r"\textasciicircum{}", "†": r"\textsuperscript{\dag}", "Δ": r"$\Delta$",
+                  "−": "-", "×": r"$\times$"}
+
+
+def latex_escape(text: str) -> str:
+    return "".join(_LATEX_SPECIAL.get(ch, ch) for ch in text)
+
+
+def to_latex(table: Table) -> str:
+    """A booktabs table; intervals in script size after their figure."""
+    def cell(c: Cell) -> str:
+        text = latex_escape(c.text)
+        return text if c.low is None else f"{text} {{\\scriptsize[{latex_escape(c.low)}, {latex_escape(c.high or '')}]}}"
+
+    spec = "l" + "r" * (len(table.columns) - 1)
+    lines = [r"% needs \usepackage{booktabs}", r"\begin{table}[t]", r"\centering",
+             f"\\caption{{{latex_escape(table.title)}}}", f"\\begin{{tabular}}{{{spec}}}", r"\toprule",
+             " & ".join(latex_escape(c) for c in table.columns) + r" \\", r"\midrule",
+             *(" & ".join(cell(c) for c in row) + r" \\" for row in table.rows),
+             r"\bottomrule", r"\end{tabular}"]
+    if table.notes:
+        lines.append(r"\par\footnotesize " + " ".join(latex_escape(n) for n in table.notes))
+    lines.append(r"\end{table}")
+    return "\n".join(lines) + "\n"
+
+
+def write_exports(table: Table, folder: Path) -> dict[str, str]:
+    """Write the table in every format under ``folder``; returns format -> file name."""
+    folder.mkdir(parents=True, exist_ok=True)
+    writers = {"csv": to_csv, "md": to_markdown, "tex": to_latex}
+    names = {}
+    for fmt in FORMATS:
+        name = f"{table.slug}.{fmt}"
+        (folder / name).write_text(writers[fmt](table), encoding="utf-8")
+        names[fmt] = name
+    return names

@@ -1,0 +1,178 @@
+"""The qualitative gallery: image, ground truth, and each method's mask and heat map, side by
+side, for chosen samples and for the samples where two methods differ most (seed 003, figs 2-8).
+
+Score maps are not stored (they would dwarf the store), so score-map methods are rerun on just
+the gallery's samples, with the same per-sample seeds as the scored run; their masks are the
+score maps at the reported threshold. The rerun is checked against the stored counts, so a
+picture never silently shows something other than what was scored. Mask methods' masks come
+from the store.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+from PIL import Image
+
+from refbench.data.images import load_rgb
+from refbench.data.masks import decode
+from refbench.data.sample import Sample
+from refbench.errors import UserError
+from refbench.method import Batch, sample_seed
+from refbench.metrics import score_map_stats
+from refbench.plugins import PluginHost
+from refbench.report.build import SplitReport
+from refbench.report.spec import GalleryEntry, ReportSpec
+from refbench.runner import batches, build_method
+from refbench.scoring import prediction_map
+from refbench.store import Store
+
+DISPLAY_SIDE = 320  # longest side of a gallery picture, in pixels
+# anchors of a perceptually ordered dark-to-bright colour map (after matplotlib's "inferno")
+_HEAT = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
+                  [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
+MASK_COLOUR = np.array([230, 40, 40], dtype=np.float64)
+TRUTH_COLOUR = np.array([40, 200, 80], dtype=np.float64)
+
+
+@dataclass
+class Tile:
+    label: str
+    iou: float
+    threshold: str
+    mask: str  # picture paths, relative to the site root
+    heat: str | None
+
+
+@dataclass
+class GalleryRow:
+    sample: Sample
+    image: str
+    truth: str
+    tiles: list[Tile]
+    diff: float  # IoU of contrast[0] minus contrast[1]
+    chosen: bool  # listed in the spec's include
+
+
+@dataclass
+class Gallery:
+    entry: GalleryEntry
+    rows: list[GalleryRow]
+    notes: list[str] = field(default_factory=list)
+
+
+def heat_colours(scores: np.ndarray) -> np.ndarray:
+    """Scores in [0, 1] as RGB (float, 0-255)."""
+    position = np.clip(scores, 0, 1) * (len(_HEAT) - 1)
+    anchors = np.arange(len(_HEAT))
+    return np.stack([np.interp(position, anchors, _HEAT[:, c]) for c in range(3)], axis=-1)
+
+
+def heat_overlay(image: np.ndarray, scores: np.ndarray, opacity: float = 0.6) -> np.ndarray:
+    return ((1 - opacity) * image + opacity * heat_colours(scores)).astype(np.uint8)
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> np.ndarray:
+    """The mask filled translucently over a dimmed image, its outline drawn opaque."""
+    out = image.astype(np.float64) * 0.7
+    out[mask] = 0.45 * out[mask] / 0.7 + 0.55 * colour
+    inner = mask.copy()
+    for axis in (0, 1):
+        for shift in (-1, 1):
+            inner &= np.roll(mask, shift, axis)
+    out[mask & ~inner] = colour
+    return out.astype(np.uint8)
+
+
+def choose_samples(report: SplitReport, entry: GalleryEntry) -> list[tuple[Sample, float, bool]]:
+    """The included samples, then those where the contrast pair's IoUs differ most."""
+    a, b = (report.scored[label] for label in entry.contrast)
+    diff = dict(zip((r.sample_id for r in a.samples.rows), a.samples.ious(a.k) - b.samples.ious(b.k)))
+    by_id = {s.sample_id: s for s in report.plan.samples}
+    unknown = [i for i in entry.include if i not in by_id]
+    if unknown:
+        raise UserError(f"gallery.include: sample ids {unknown} are not among the evaluated samples "
+                        f"of {report.dataset.name} {report.split} (a limit may have cut them)")
+    picked = [(by_id[i], float(diff.get(i, 0.0)), True) for i in entry.include]
+    ranked = sorted((i for i in diff if i not in entry.include), key=lambda i: (-abs(diff[i]), i))
+    picked += [(by_id[i], float(diff[i]), False) for i in ranked[:entry.count]]
+    return picked
+
+
+def _save(array: np.ndarray, path: Path) -> None:
+    image = Image.fromarray(array)
+    image.thumbnail((DISPLAY_SIDE, DISPLAY_SIDE), Image.Resampling.LANCZOS)
+    image.save(path, quality=88)
+
+
+def build_gallery(host: PluginHost, spec: ReportSpec, report: SplitReport, store: Store,
+                  site: Path) -> Gallery:
+    """Choose the samples, rerun score-map methods on them, and write the pictures under
+    ``site/img/``."""
+    entry = spec.gallery
+    assert entry is not None
+    chosen = choose_samples(report, entry)
+    samples = [s for s, _, _ in chosen]
+    folder = site / "img" / f"gallery-{report.slug}"
+    folder.mkdir(parents=True, exist_ok=True)
+    images = [load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in samples]
+    rel = lambda name: f"img/{folder.name}/{name}"  # noqa: E731
+    rows = []
+    for sample, image, (_, diff, included) in zip(samples, images, chosen):
+        stem = _file_stem(sample.sample_id)
+        _save(image, folder / f"{stem}-image.jpg")
+        _save(mask_overlay(image, decode(sample.gt), TRUTH_COLOUR), folder / f"{stem}-truth.jpg")
+        rows.append(GalleryRow(sample, rel(f"{stem}-image.jpg"), rel(f"{stem}-truth.jpg"), [],
+                               diff, included))
+    notes = []
+    for m, label in enumerate(entry.methods):
+        scored = report.scored[label]
+        threshold = scored.threshold
+        maps = (_masks(store, scored.run.record.run_key, samples) if threshold.value is None
+                else _rerun(host, spec, label, samples, images))
+        stored = {r.sample_id: r for r in store.rows(scored.run.record.run_key,
+                                                     sample_ids=[s.sample_id for s in samples])}
+        ious = dict(zip((r.sample_id for r in scored.samples.rows), scored.samples.ious(scored.k)))
+        for row, sample, image, score_map in zip(rows, samples, images, maps):
+            stem = f"{_file_stem(sample.sample_id)}-m{m}"
+            cut = 0.5 if threshold.value is None else threshold.value
+            _save(mask_overlay(image, score_map >= cut, MASK_COLOUR), folder / f"{stem}-mask.jpg")
+            heat = None
+            if threshold.value is not None:
+                _save(heat_overlay(image, score_map), folder / f"{stem}-heat.jpg")
+                heat = rel(f"{stem}-heat.jpg")
+                check = score_map_stats(score_map, decode(sample.gt), report.plan.thresholds)
+                if not np.array_equal(check.inter, stored[sample.sample_id].inter):
+                    notes.append(f"{label} on sample {sample.sample_id}: the rerun differs from the "
+                                 f"scored run (the method is not deterministic given its seed)")
+            row.tiles.append(Tile(label, float(ious[sample.sample_id]), threshold.label(),
+                                  rel(f"{stem}-mask.jpg"), heat))
+    return Gallery(entry, rows, notes)
+
+
+def _file_stem(sample_id: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_" else "_" for c in sample_id)
+
+
+def _masks(store: Store, run_key: str, samples: list[Sample]) -> list[np.ndarray]:
+    rows = {r.sample_id: r for r in store.rows(run_key, with_masks=True,
+                                               sample_ids=[s.sample_id for s in samples])}
+    return [decode(rows[s.sample_id].mask_rle).astype(np.float32) for s in samples]
+
+
+def _rerun(host: PluginHost, spec: ReportSpec, label: str, samples: list[Sample],
+           images: list[np.ndarray]) -> list[np.ndarray]:
+    """Score maps of a method on the gallery's samples, seeded exactly as in the scored run."""
+    entry = spec.method(label)
+    method, _ = build_method(host.method(entry.name), entry.overrides)
+    index = {s.sample_id: i for i, s in enumerate(samples)}
+    maps: list[np.ndarray] = [np.empty(0)] * len(samples)
+    for batch in batches(samples, spec.batch_size):
+        picked = [index[s.sample_id] for s in batch]
+        predictions = method.predict(Batch(batch, [images[i] for i in picked],
+                                           [sample_seed(spec.seed, s.sample_id) for s in batch]))
+        for i, sample, prediction in zip(picked, batch, predictions):
+            maps[i] = prediction_map(prediction, sample, entry.name)
+    return maps

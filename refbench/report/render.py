@@ -1,0 +1,118 @@
+"""The static site: jinja2 templates, autoescaped, with nothing loaded from the network.
+
+Expressions and labels come from data sets and specs, so they are untrusted text: autoescaping
+is on for every template and for strings, and the only markup passed through unescaped is the
+SVG that ``charts`` builds (which escapes its own text). Pictures are files next to the pages,
+referenced by relative paths, so the site works from disk, offline, and can be copied anywhere.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+from typing import Any
+
+from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
+from markupsafe import Markup
+
+from refbench.report.build import GridReport, Report, grid_table
+from refbench.report.charts import Point, Series, line_chart
+from refbench.report.exports import write_exports
+from refbench.report.gallery import Gallery
+from refbench.report.tables import Table, breakdown_table, comparison_table, leaderboard
+
+TABLES_DIR = "tables"
+RUNS_DIR = "runs"
+
+
+def environment() -> Environment:
+    env = Environment(loader=PackageLoader("refbench.report", "templates"),
+                      autoescape=select_autoescape(default=True, default_for_string=True),
+                      undefined=StrictUndefined, trim_blocks=True, lstrip_blocks=True)
+    env.filters["pretty_json"] = lambda value: json.dumps(value, indent=2, sort_keys=True, default=str)
+    env.filters["pct"] = lambda value: "-" if value is None or math.isnan(value) else f"{100 * value:.2f}"
+    return env
+
+
+def _exported(table: Table | None, site: Path) -> dict[str, Any] | None:
+    if table is None:
+        return None
+    files = write_exports(table, site / TABLES_DIR)
+    return {"table": table, "exports": {fmt: f"{TABLES_DIR}/{name}" for fmt, name in files.items()}}
+
+
+def grid_chart(grid: GridReport) -> Markup:
+    """The grid's metric against its first parameter, one line per combination of the others."""
+    metric = grid.entry.grid.metric
+    first, *others = grid.entry.grid.params
+    series: dict[str, list[Point]] = {}
+    for cell in grid.result.cells:
+        name = ", ".join(f"{k}={cell.values[k]}" for k in others) or metric
+        interval = cell.scored.intervals.get(metric)
+        value = cell.scored.metrics[metric]
+        series.setdefault(name, []).append(Point(
+            cell.values[first], 100 * value,
+            100 * interval.low if interval else None, 100 * interval.high if interval else None))
+    title = f"{metric} against {first}: {grid.entry.grid.method} on {grid.entry.dataset} {grid.entry.split}"
+    return line_chart([Series(n, p) for n, p in series.items()], first, f"{metric} (%)", title)
+
+
+def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Table]:
+    """Write index.html, gallery.html, one page per run and every table's exports; returns the
+    leaderboards and ablation tables (for the console)."""
+    spec = report.spec
+    env = environment()
+    site.mkdir(parents=True, exist_ok=True)
+    confidence = spec.stats.confidence
+    leaderboards = []
+    for split in report.splits:
+        title = f"{split.dataset.name} {split.split}"
+        leaderboards.append({
+            "title": title, "slug": split.slug, "n": len(split.plan.samples),
+            "calibration_split": split.dataset.calibration_split,
+            "leaderboard": _exported(leaderboard(
+                f"leaderboard-{split.slug}", f"Leaderboard: {title}", list(split.scored.items()),
+                split.dataset.calibration_split, confidence), site),
+            "comparisons": _exported(comparison_table(
+                f"comparisons-{split.slug}", f"Paired comparisons: {title}", split.comparisons,
+                confidence), site) if split.comparisons else None,
+            "breakdown": _exported(breakdown_table(
+                f"breakdown-{split.slug}", f"Breakdown by {spec.breakdown}: {title}",
+                spec.breakdown or "", list(split.breakdowns.items())), site),
+        })
+    grids = [{"title": g.entry.grid.name, "slug": g.slug, "dataset": g.entry.dataset,
+              "split": g.entry.split, "chart": grid_chart(g),
+              "table": _exported(grid_table(spec, g), site)} for g in report.grids]
+    common = {"report": report, "spec": spec, "limit": spec.limit, "root": "", "gallery": gallery}
+    (site / "index.html").write_text(env.get_template("index.html").render(
+        **common, leaderboards=leaderboards, grids=grids), encoding="utf-8")
+    if gallery is not None:
+        (site / "gallery.html").write_text(env.get_template("gallery.html").render(**common),
+                                           encoding="utf-8")
+    (site / RUNS_DIR).mkdir(exist_ok=True)
+    for key, record in report.runs.items():
+        (site / RUNS_DIR / f"{key}.html").write_text(env.get_template("run.html").render(
+            **{**common, "root": "../"}, run=record, uses=_uses(report, key)),
+            encoding="utf-8")
+    return [lb["leaderboard"]["table"] for lb in leaderboards] + [g["table"]["table"] for g in grids]
+
+
+def _uses(report: Report, run_key: str) -> list[dict[str, Any]]:
+    """Where a run appears: which table, as which label, at which threshold, with its sweep."""
+    uses = []
+    for split in report.splits:
+        for label, scored in split.scored.items():
+            if scored.run.record.run_key == run_key:
+                uses.append({"where": f"leaderboard {split.dataset.name} {split.split}", "label": label,
+                             "scored": scored})
+        for label, run in split.calibration_runs.items():
+            if run.record.run_key == run_key:
+                uses.append({"where": f"calibration of {split.dataset.name} {split.split} on "
+                                      f"{split.dataset.calibration_split}", "label": label, "scored": None})
+    for grid in report.grids:
+        for cell in grid.result.cells:
+            if cell.scored.run.record.run_key == run_key:
+                uses.append({"where": f"grid {grid.entry.grid.name} on {grid.entry.dataset} "
+                                      f"{grid.entry.split}", "label": cell.label(), "scored": cell.scored})
+    return uses
