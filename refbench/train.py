@@ -71,8 +71,12 @@ def split_samples(dataset: Any, options: TrainOptions) -> tuple[list[Sample], li
     """Training and validation samples; validation never overlaps training."""
     train = dataset.samples(options.split)
     if options.val_split == HOLDOUT:
-        val = [s for s in train if _held_out(s.image_id)]
-        train = [s for s in train if not _held_out(s.image_id)]
+        images = sorted({s.image_id for s in train})
+        held = {i for i in images if _held_out(i)}
+        if not held and len(images) > 1:  # small data: still validate on something unseen
+            held = {images[-1]}
+        val = [s for s in train if s.image_id in held]
+        train = [s for s in train if s.image_id not in held]
     elif options.val_split == options.split:
         raise UserError(f"--val-split {options.val_split} is the training split: pick another "
                         f"split, or '{HOLDOUT}' (every {HOLDOUT_EVERY}th training image held out)")
