@@ -20,7 +20,7 @@ from itertools import groupby
 from pathlib import Path
 from typing import Any
 
-from refbench import provenance
+from refbench import distributed, provenance
 from refbench.config import Override, build_config, check_targets, config_dict
 from refbench.data.images import check_images_exist, load_rgb
 from refbench.data.sample import Dataset, Sample
@@ -213,7 +213,7 @@ def start_run(spec: MethodSpec, config: dict[str, Any], weights: str, plan: Spli
 
 
 def evaluate(jobs: Sequence[tuple[MethodRun, Method]], plan: SplitPlan, store: Store,
-             options: RunOptions) -> None:
+             options: RunOptions, cluster: distributed.Cluster | None = None) -> None:
     """Compute the samples each run still lacks, batch-major.
 
     Each batch of whole groups is loaded once and every run that still needs any of its
@@ -221,20 +221,26 @@ def evaluate(jobs: Sequence[tuple[MethodRun, Method]], plan: SplitPlan, store: S
     (image, seed), such as a diffusion model's latents and noise, is shared by all the runs of a
     grid while it is still in cache. Each run's part of a batch is written in one transaction
     under its own run key: a killed process loses at most one batch per run.
+
+    With several processes (``cluster``), each takes one contiguous shard of what is missing;
+    every process sees the same store, so the shards tile the work exactly.
     """
+    cluster = cluster or distributed.Cluster()
     pending = []
     for run, _ in jobs:
         done = store.done_ids(run.record.run_key)
         pending.append({s.sample_id for s in plan.samples if s.sample_id not in done})
         run.reused = len(plan.samples) - len(pending[-1])
     todo = [s for s in plan.samples if any(s.sample_id in p for p in pending)]
+    todo = distributed.shard_groups(todo, cluster.rank, cluster.world, key=lambda s: s.group)
     if not todo:
         return
     from tqdm import tqdm
 
     desc = jobs[0][0].spec.name if len(jobs) == 1 else f"{len(jobs)} runs"
-    with tqdm(total=len(plan.samples) * len(jobs), initial=sum(r.reused for r, _ in jobs),
-              desc=desc, unit="sample", disable=not options.progress, dynamic_ncols=True,
+    mine = {s.sample_id for s in todo}
+    with tqdm(total=sum(len(p & mine) for p in pending), desc=desc, unit="sample",
+              disable=not (options.progress and cluster.is_main), dynamic_ncols=True,
               file=sys.stderr) as bar:
         for batch_samples in batches(todo, options.batch_size):
             images = [load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in batch_samples]
@@ -257,7 +263,8 @@ def evaluate(jobs: Sequence[tuple[MethodRun, Method]], plan: SplitPlan, store: S
 
 def run_configs(host: PluginHost, configs: Sequence[tuple[MethodSpec, list[Override]]],
                 plans: Sequence[SplitPlan], store: Store, options: RunOptions,
-                together: bool = False) -> list[list[MethodRun]]:
+                together: bool = False, cluster: distributed.Cluster | None = None
+                ) -> list[list[MethodRun]]:
     """Evaluate method configurations on one or more splits, resuming from the store; the
     result is indexed [config][plan]. Each method is built once for all the splits.
 
@@ -275,7 +282,7 @@ def run_configs(host: PluginHost, configs: Sequence[tuple[MethodSpec, list[Overr
                 run = start_run(spec, config, weights_fingerprint(method), plan, store, options)
                 outcomes[i].append(run)
                 jobs.append((run, method))
-            evaluate(jobs, plan, store, options)
+            evaluate(jobs, plan, store, options, cluster)
         built.clear()
 
     for i, (spec, overrides) in enumerate(configs):
@@ -299,10 +306,28 @@ def run(host: PluginHost, options: RunOptions) -> dict[str, Any]:
 
     out = options.out_dir()
     out.mkdir(parents=True, exist_ok=True)
+    cluster = distributed.detect()
     results: dict[str, dict[str, Any]] = {}
     with Store(out / "store.sqlite") as store:
-        for (outcome,) in run_configs(host, [(s, options.overrides) for s in specs], [plan],
-                                      store, options):
+        sink: Any = store
+        if cluster.is_main:  # rows that a killed sharded run left in shard files come first
+            distributed.merge_shards(store, out)
+        if cluster.distributed:
+            cluster.barrier()
+            sink = distributed.ShardWriter(store, distributed.new_shard_path(out, cluster.rank))
+        outcomes = [o for (o,) in run_configs(host, [(s, options.overrides) for s in specs],
+                                              [plan], sink, options, cluster=cluster)]
+        if cluster.distributed:
+            sink.close()
+            work = cluster.gather([(o.computed, o.seconds) for o in outcomes])
+            cluster.barrier()
+            if not cluster.is_main:
+                return {}
+            distributed.merge_shards(store, out)
+            for i, outcome in enumerate(outcomes):
+                outcome.computed = sum(per_rank[i][0] for per_rank in work)
+                outcome.seconds = max(per_rank[i][1] for per_rank in work)
+        for outcome in outcomes:
             summary = collect(store, outcome.record.run_key, plan.samples, plan.thresholds,
                               options.threshold, semantic=plan.dataset.task == "semantic")
             if summary["counts"]:
@@ -335,6 +360,7 @@ def run_header(host: PluginHost, options: RunOptions, plan: SplitPlan) -> dict[s
                  if options.limit is not None else None),
         "seed": options.seed,
         "batch_size": options.batch_size,
+        "processes": distributed.launched_world_size(),
     }
 
 

@@ -255,5 +255,23 @@ class Store:
             out.append(GroupRow(group_id, classes, _unblob(blob).reshape(-1, k, k)))
         return out
 
+    def merge(self, shard: Path) -> int:
+        """Copy a shard store's runs and rows in (existing rows win), then delete the shard.
+        Returns the number of sample rows the shard held."""
+        shard = Path(shard)
+        # Opening the shard first replays a WAL a killed writer may have left behind.
+        Store(shard).close()
+        self.conn.execute("ATTACH DATABASE ? AS shard", (str(shard),))
+        try:
+            with self.transaction() as conn:
+                n = conn.execute("SELECT COUNT(*) FROM shard.samples").fetchone()[0]
+                for table in ("runs", "samples", "groups"):
+                    conn.execute(f"INSERT OR IGNORE INTO main.{table} SELECT * FROM shard.{table}")
+        finally:
+            self.conn.execute("DETACH DATABASE shard")
+        for suffix in ("", "-wal", "-shm"):
+            Path(str(shard) + suffix).unlink(missing_ok=True)
+        return n
+
     def count(self, run_key: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM samples WHERE run_key=?", (run_key,)).fetchone()[0]

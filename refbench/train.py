@@ -1,11 +1,16 @@
 """Training loop for trainable methods (``refbench train``); knows no specific method.
 
-A trainable method's factory exposes ``network(config)``, returning an ``nn.Module`` with
-``loss(batch)``, ``predict(batch)``, ``parameter_groups(weight_decay)``, ``checkpoint_state()``
-and ``load_checkpoint_state(tensors)``. The loop: AdamW (no decay on biases and norms), a poly
-learning-rate schedule, a checkpoint per epoch (safetensors + JSON, optimizer state read back
-with ``weights_only=True``), validation oIoU per epoch on a split that is not the training one,
-and resumption from the last checkpoint after a kill.
+A trainable method's factory exposes ``network(config)``, returning an ``nn.Module`` whose
+``forward(batch)`` returns the training loss, with ``predict(batch)``,
+``parameter_groups(weight_decay)``, ``checkpoint_state()`` and ``load_checkpoint_state(tensors)``.
+The loop: AdamW (no decay on biases and norms), a poly learning-rate schedule, a checkpoint per
+epoch (safetensors + JSON, optimizer state read back with ``weights_only=True``), validation oIoU
+per epoch on a split that is not the training one, and resumption from the last checkpoint.
+
+Under ``accelerate launch`` the network is wrapped for DDP by accelerate: every process takes
+its own batches of the epoch's shuffled order (the same number each), gradients are averaged,
+and only the main process validates and writes checkpoints. After each epoch the processes
+compare a digest of their weights, which must agree.
 """
 
 from __future__ import annotations
@@ -135,10 +140,19 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
     dataset = open_dataset(host, options.dataset, options.data_root, options.dataset_options)
     train_samples, val_samples = split_samples(dataset, options)
 
+    from accelerate import Accelerator
+
+    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    main = accelerator.is_main_process
+    world, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(options.seed)
     net = factory.network(config)
     optimizer = torch.optim.AdamW(net.parameter_groups(options.weight_decay), lr=options.lr)
-    steps_per_epoch = -(-len(train_samples) // options.batch_size)
+    batches_per_epoch = -(-len(train_samples) // options.batch_size)
+    steps_per_epoch = batches_per_epoch // world  # every process takes as many steps
+    if steps_per_epoch < 1:
+        raise UserError(f"{len(train_samples)} training samples make {batches_per_epoch} batches, "
+                        f"fewer than the {world} processes: lower --batch-size or add data")
     total_steps = steps_per_epoch * options.epochs
     schedule = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: max(0.0, 1 - step / total_steps) ** options.poly_power)
@@ -163,21 +177,25 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
         schedule.last_epoch = meta["step"]
         history = meta.get("history", [])
         start_epoch = epoch + 1
-        print(f"refbench: resuming {spec.name} from {path} (epoch {epoch} of {options.epochs})",
-              file=sys.stderr)
+        if main:
+            print(f"refbench: resuming {spec.name} from {path} (epoch {epoch} of "
+                  f"{options.epochs})", file=sys.stderr)
+    model, optimizer = accelerator.prepare(net, optimizer)  # DDP when launched with N > 1
 
     step = (start_epoch - 1) * steps_per_epoch
     for epoch in range(start_epoch, options.epochs + 1):
-        net.train()
+        model.train()
         order = np.random.default_rng([options.seed, epoch]).permutation(len(train_samples))
-        shuffled = [train_samples[i] for i in order]
+        epoch_batches = list(batches([train_samples[i] for i in order], options.batch_size))
+        mine = epoch_batches[rank::world][:steps_per_epoch]
         started, losses = time.perf_counter(), []
         with tqdm(total=steps_per_epoch, desc=f"{spec.name} epoch {epoch}/{options.epochs}",
-                  unit="step", disable=not options.progress, file=sys.stderr, dynamic_ncols=True) as bar:
-            for chunk in batches(shuffled, options.batch_size):
-                loss = net.loss(_load_batch(chunk, options.seed + epoch))
+                  unit="step", disable=not (options.progress and main), file=sys.stderr,
+                  dynamic_ncols=True) as bar:
+            for chunk in mine:
+                loss = model(_load_batch(chunk, options.seed + epoch))
                 optimizer.zero_grad(set_to_none=True)
-                loss.backward()
+                accelerator.backward(loss)
                 optimizer.step()
                 schedule.step()
                 step += 1
@@ -185,20 +203,38 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
                 bar.set_postfix(loss=f"{losses[-1]:.4f}", lr=f"{schedule.get_last_lr()[0]:.2e}")
                 bar.update(1)
         seconds = time.perf_counter() - started
-        val = validate(net, val_samples, options.batch_size, options.seed) if val_samples else {}
-        history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds,
-                        "seconds_per_step": seconds / max(1, len(losses)), "val": val})
-        print(f"epoch {epoch}: loss {np.mean(losses):.4f}, {seconds / max(1, len(losses)):.2f} s/step"
-              + (f", validation oIoU {100 * val['oIoU']:.2f} on {val['n']} samples" if val else ""))
-        path = folder / f"epoch_{epoch}.safetensors"
-        meta = {"method": spec.name, "config": resolved, "train": hyper, "epoch": epoch,
-                "step": step, "history": history, "backbone": getattr(getattr(net, "backbone", None), "fingerprint", None)}
-        folder.mkdir(parents=True, exist_ok=True)
-        torch.save(optimizer.state_dict(), path.with_suffix(".optim.pt"))
-        ckpt.save(path, net.checkpoint_state(), meta)
+        digests = accelerator.gather_for_metrics([weights_digest(net)], use_gather_object=True) \
+            if world > 1 else [weights_digest(net)]
+        accelerator.wait_for_everyone()
+        if main:
+            val = validate(net, val_samples, options.batch_size, options.seed) if val_samples else {}
+            history.append({"epoch": epoch, "loss": float(np.mean(losses)), "seconds": seconds,
+                            "seconds_per_step": seconds / max(1, len(losses)), "val": val,
+                            "processes": world, "weight_digests": digests,
+                            "weights_in_sync": len(set(digests)) == 1})
+            print(f"epoch {epoch}: loss {np.mean(losses):.4f}, {seconds / max(1, len(losses)):.2f} s/step"
+                  + (f", validation oIoU {100 * val['oIoU']:.2f} on {val['n']} samples" if val else ""))
+            path = folder / f"epoch_{epoch}.safetensors"
+            meta = {"method": spec.name, "config": resolved, "train": hyper, "epoch": epoch,
+                    "step": step, "history": history,
+                    "backbone": getattr(getattr(net, "backbone", None), "fingerprint", None)}
+            folder.mkdir(parents=True, exist_ok=True)
+            torch.save(optimizer.state_dict(), path.with_suffix(".optim.pt"))
+            ckpt.save(path, net.checkpoint_state(), meta)
+        accelerator.wait_for_everyone()
     summary = {"method": spec.name, "config": resolved, "train": hyper,
                "checkpoint": str(folder / f"epoch_{options.epochs}.safetensors"), "history": history,
-               "train_samples": len(train_samples), "val_samples": len(val_samples)}
-    write_json(out / "train.json", summary)
-    print(f"checkpoint: {summary['checkpoint']}")
+               "train_samples": len(train_samples), "val_samples": len(val_samples), "processes": world}
+    if main:
+        write_json(out / "train.json", summary)
+        print(f"checkpoint: {summary['checkpoint']}")
     return summary
+
+
+def weights_digest(net: Any) -> str:
+    """A hash of the trainable weights: equal on every process after a synchronised step."""
+    digest = hashlib.sha256()
+    for name, param in net.trainable_named_parameters():
+        digest.update(name.encode())
+        digest.update(param.detach().cpu().float().numpy().tobytes())
+    return digest.hexdigest()[:16]

@@ -89,6 +89,11 @@ class VPDNet(nn.Module):
             part.requires_grad_(False)
         if unet_trainable:
             bb.unet.requires_grad_(True)
+            # the UNet's output head does not feed the decoder: train nothing that gets no
+            # gradient (DDP would wait forever for it)
+            for head in (bb.unet.conv_norm_out, bb.unet.conv_out):
+                if head is not None:
+                    head.requires_grad_(False)
         self.lora = lora
         if lora:
             from peft import LoraConfig
@@ -149,6 +154,10 @@ class VPDNet(nn.Module):
                                      align_corners=False)
             inputs[level] = torch.cat([inputs[level], maps], dim=1)
         return self.decoder(inputs)
+
+    def forward(self, batch: Batch) -> torch.Tensor:
+        """The training loss: what a DistributedDataParallel wrapper calls."""
+        return self.loss(batch)
 
     def loss(self, batch: Batch) -> torch.Tensor:
         """Class-weighted cross-entropy at the network's input size."""
