@@ -53,17 +53,36 @@ def main() -> None:
     plan = plan_split(host, options)
     spec = host.method(args.method)
     configs = [(spec, cell_overrides(grid, values)) for values in expand(grid)]
-    clear = getattr(sys.modules.get("rb_testplugin"), "clear_shared", lambda: None)
+    def clear() -> None:
+        """Empty every per-(image, seed) cache: separate invocations would start empty."""
+        getattr(sys.modules.get("rb_testplugin"), "clear_shared", lambda: None)()
+        latents = sys.modules.get("refbench.diffusion.latents")
+        if latents is not None:
+            latents.clear_cache()
+
+    def shared_computations() -> object:
+        if args.method == "shared_blobs":
+            return getattr(sys.modules.get("rb_testplugin"), "SHARED_CALLS", {}).get("computed", "-")
+        latents = sys.modules.get("refbench.diffusion.latents")
+        return latents.stats["misses"] if latents is not None else "-"
 
     timings = {}
     for mode, together in (("one by one", False), ("grid (batch-major)", True)):
         clear()
+        missed = 0
         with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store.sqlite") as store:
             start = time.perf_counter()
-            run_configs(host, configs, [plan], store, options, together=together)
+            if together:
+                run_configs(host, configs, [plan], store, options, together=True)
+                missed = shared_computations()
+            else:  # each cell as its own invocation: nothing cached from the cell before
+                for config in configs:
+                    clear()
+                    run_configs(host, [config], [plan], store, options)
+                    found = shared_computations()
+                    missed = found if isinstance(found, str) else missed + found
             timings[mode] = time.perf_counter() - start
-        calls = getattr(sys.modules.get("rb_testplugin"), "SHARED_CALLS", {})
-        timings[mode + " shared"] = calls.get("computed", "-") if args.method == "shared_blobs" else "-"
+        timings[mode + " shared"] = missed
 
     n = len(plan.samples)
     print(f"{grid.name} ({', '.join(f'{k}: {len(v)} values' for k, v in grid.params.items())}), "
