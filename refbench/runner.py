@@ -288,7 +288,7 @@ def run_configs(host: PluginHost, configs: Sequence[tuple[MethodSpec, list[Overr
     for i, (spec, overrides) in enumerate(configs):
         method, config = build_method(spec, overrides)
         built.append((i, spec, method, config))
-        del method
+        del method  # else the previous model stays alive while the next one is built
         if not together:
             flush()
     flush()

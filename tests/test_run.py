@@ -48,7 +48,6 @@ def test_reference_methods_give_independent_numbers(shapes_root: Path, tmp_path:
         box = mask_utils.toBbox(rle)
         x0, y0 = int(np.floor(box[0])), int(np.floor(box[1]))
         x1, y1 = int(np.ceil(box[0] + box[2])), int(np.ceil(box[1] + box[3]))
-        box_rle = mask_utils.frPyObjects([[x0, y0, x1, y0, x1, y1, x0, y1]], s.height, s.width)
         box_mask = np.zeros((s.height, s.width), dtype=np.uint8, order="F")
         box_mask[y0:y1, x0:x1] = 1
         ious.append(mask_utils.iou([mask_utils.encode(box_mask)], [rle], [0])[0][0])
