@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from refbench.data.masks import encode, segmentation_to_rle, decode
+from refbench.data.masks import area, encode, segmentation_to_rle
 
 GENERATOR_VERSION = 1
 NAME = "refshapes"
@@ -208,7 +208,7 @@ def generate(root: Path, config: ShapesConfig = ShapesConfig()) -> dict[str, Any
                 x0, y0, bw, bh = _bbox(obj.visible)
                 annotations.append({
                     "id": ann_id, "image_id": image_id, "category_id": category_id[obj.shape],
-                    "segmentation": segmentation, "area": int(decode(rle).sum()),
+                    "segmentation": segmentation, "area": area(rle),
                     "bbox": [x0, y0, bw, bh], "iscrowd": 0,
                     "attributes": {"colour": obj.colour}})
                 candidates = _expressions(obj, objects, rng)
