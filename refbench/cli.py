@@ -36,6 +36,10 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _non_negative_int(text: str) -> int:
+    return 0 if text.strip() == "0" else _positive_int(text)
+
+
 def _add_dataset_args(p: argparse.ArgumentParser, default_split: str = "val") -> None:
     p.add_argument("--dataset", default="refshapes", help="dataset name (refbench ls datasets)")
     p.add_argument("--split", default=default_split, help=f"split (default {default_split})")
@@ -94,6 +98,19 @@ def build_parser() -> argparse.ArgumentParser:
                        help="folder for checkpoints and train.json (default runs/train-<method>-<dataset>)")
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE")
     train.add_argument("--no-progress", action="store_true")
+
+    pretrain = sub.add_parser("pretrain-shapes", help="train the miniature text-to-image model "
+                              "(the shapes backbone) on RefShapes scenes drawn on the fly")
+    pretrain.add_argument("--out", type=Path, default=Path("runs/shapes-model"),
+                          help="model directory, diffusers layout (rerun to resume)")
+    pretrain.add_argument("--seed", type=int, default=0)
+    pretrain.add_argument("--vae-steps", type=_non_negative_int, default=600)
+    pretrain.add_argument("--steps", type=_positive_int, default=3000, help="text encoder + UNet steps")
+    pretrain.add_argument("--batch-size", type=_positive_int, default=64)
+    pretrain.add_argument("--lr", type=float, default=1e-3)
+    pretrain.add_argument("--pool", type=_positive_int, default=4096, help="scenes kept in memory")
+    pretrain.add_argument("--save-every", type=_positive_int, default=250)
+    pretrain.add_argument("--threads", type=_non_negative_int, default=0, help="torch threads (0: default)")
 
     run = sub.add_parser("run", help="evaluate methods on a dataset split")
     run.add_argument("--methods", required=True, help="comma-separated method names")
@@ -182,6 +199,17 @@ def _parameter_column(spec: Any, args: argparse.Namespace) -> str:
         return f"{'-':>14} {'-':>14}  "
     total, trainable = counts
     return f"{total:>14,} {trainable:>14,}  "
+
+
+def cmd_pretrain_shapes(args: argparse.Namespace) -> int:
+    from refbench.pretrain.train import PretrainConfig, pretrain
+
+    config = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps,
+                            batch_size=args.batch_size, lr=args.lr, pool=args.pool,
+                            save_every=args.save_every, threads=args.threads)
+    out = pretrain(args.out, config)
+    print(f"model written to {out}; use it with --set '*.backbone={out}'")
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:
@@ -317,7 +345,7 @@ def cmd_regress(args: argparse.Namespace) -> int:
 
 
 COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "train": cmd_train,
-            "grid": cmd_grid, "report": cmd_report, "regress": cmd_regress}
+            "pretrain-shapes": cmd_pretrain_shapes, "grid": cmd_grid, "report": cmd_report, "regress": cmd_regress}
 
 
 def main(argv: list[str] | None = None) -> int:

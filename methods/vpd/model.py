@@ -11,7 +11,9 @@ Variants: ``vpd`` trains the UNet (adapter on); ``f_vpd`` freezes the UNet and d
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, ClassVar, Literal
 
 import numpy as np
@@ -31,6 +33,9 @@ from refbench.errors import UserError
 from refbench.method import Batch, Prediction
 
 REFERENCE_LATENT = 64  # attention resolutions are given for SD 1.5 at 512 (latent 64)
+# checkpoints trained by refbench and shipped with it: <method>-<backbone>.safetensors (+ .json)
+SHIPPED_DIR = Path(__file__).parent / "checkpoints"
+SHIPPED = "shipped"
 
 
 @dataclass(frozen=True)
@@ -38,7 +43,9 @@ class VPDConfig:
     backbone: str = "sd15"
     device: str = "auto"
     dtype: Literal["fp32", "fp16", "bf16"] = "fp32"
-    checkpoint: str | None = None  # a safetensors file written by refbench train
+    # a safetensors file written by refbench train, or "shipped": the one refbench ships for
+    # this method and backbone (see SHIPPED_DIR)
+    checkpoint: str | None = None
     image_size: int = 0  # 0: the backbone's native input size
     # cross-attention maps fed to the decoder, at these resolutions of a 512 input (latent 64),
     # scaled for other sizes: (16, 32) as VPD, or (16, 32, 64)
@@ -215,6 +222,17 @@ class VPDNet(nn.Module):
         self.load_state_dict(tensors, strict=False)
 
 
+def shipped_checkpoint(method: str, backbone: str) -> Path:
+    """The checkpoint refbench ships for ``method`` on ``backbone``, or a one-line error."""
+    path = SHIPPED_DIR / f"{method}-{Path(backbone).name}.safetensors"
+    if not path.is_file():
+        shipped = sorted(p.stem for p in SHIPPED_DIR.glob("*.safetensors"))
+        raise UserError(f"no shipped {method} checkpoint for backbone {backbone!r} (shipped: "
+                        f"{', '.join(shipped) or 'none'}): train one with 'refbench train --method "
+                        f"{method}' and pass --set {method}.checkpoint=PATH")
+    return path
+
+
 class VPD:
     """The refbench method: a VPDNet with a trained checkpoint loaded."""
 
@@ -234,6 +252,9 @@ class VPD:
                 f"{self.method_name} is trainable and has no checkpoint: train one with "
                 f"'refbench train --method {self.method_name} ...' and pass "
                 f"--set {self.method_name}.checkpoint=PATH (no random decoder is ever evaluated)")
+        if config.checkpoint == SHIPPED:
+            config = dataclasses.replace(config, checkpoint=str(shipped_checkpoint(
+                self.method_name, config.backbone)))
         tensors, meta = ckpt.load(config.checkpoint)
         trained_for = meta.get("method")
         if trained_for and trained_for != self.method_name:

@@ -135,15 +135,21 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
     return backbone.to(device, dtype).eval()
 
 
+HASHED_BYTES = 64 << 20  # weight files up to this size are hashed whole
+
+
 def _pretrained_fingerprint(directory: Path | None, unet: Any) -> str:
-    """Directory loads: names, sizes and configs of the files; hub loads: the snapshot path
-    (which carries the commit hash). Hashing gigabytes of weights on every run would be slow."""
+    """Directory loads: names, sizes and configs of the files, and the bytes of weight files
+    small enough to hash in milliseconds (a retrained miniature model keeps its sizes); hub
+    loads: the snapshot path (which carries the commit hash). Hashing gigabytes of weights on
+    every run would be slow."""
     digest = hashlib.sha256()
     if directory is not None:
         for path in sorted(directory.rglob("*")):
-            if path.is_file():
-                digest.update(f"{path.relative_to(directory)}:{path.stat().st_size}".encode())
-                if path.suffix in {".json", ".txt"}:
+            if path.is_file() and path.suffix in {".json", ".txt", ".safetensors", ".bin"}:
+                size = path.stat().st_size
+                digest.update(f"{path.relative_to(directory)}:{size}".encode())
+                if path.suffix in {".json", ".txt"} or size <= HASHED_BYTES:
                     digest.update(path.read_bytes())
     else:
         digest.update(str(getattr(unet.config, "_name_or_path", "")).encode())

@@ -2,15 +2,22 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from refbench import hookimpl
 from refbench.specs import BackboneSpec
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+# refbench's own miniature model, trained by `refbench pretrain-shapes` and shipped as package data
+SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"
 
 
 @hookimpl
 def refbench_backbones() -> list[BackboneSpec]:
     return [
+        BackboneSpec("shapes", "refbench.diffusion.backbone:load_pretrained",
+                     "refbench's pretrained miniature text-to-image model (RefShapes scenes, 64x64, "
+                     "4.5M parameters, shipped)", {"source": str(SHAPES_DIR)}),
         BackboneSpec("sd15", "refbench.diffusion.backbone:load_pretrained",
                      f"Stable Diffusion 1.5 ({SD15_HUB_ID}) from the hub cache",
                      {"source": SD15_HUB_ID}),

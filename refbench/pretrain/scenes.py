@@ -1,0 +1,52 @@
+"""Captioned RefShapes scenes drawn on the fly, at the miniature model's input size.
+
+Scenes come from the same generator as the RefShapes data set (sizes, colours, object counts,
+noise), with their own random stream, and are resized to the model's input exactly as
+evaluation resizes images (``to_pixels``), so training and evaluation see the same pixels.
+A pool keeps a few thousand scenes and replaces some every step: generating a whole batch per
+step would cost a quarter of each step on two cores, and a fixed set would be memorised.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+
+from refbench.data.shapes import ShapesConfig, _render, _scene
+from refbench.diffusion.latents import to_pixels
+from refbench.pretrain.captions import describe
+
+OBJECTS = (2, 6)  # from testA's sparsest scenes to testB's most crowded
+
+
+def draw_scene(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, str]:
+    """One scene as (3, size, size) pixels in [-1, 1] and its caption."""
+    sizes = ShapesConfig().sizes
+    h, w = sizes[int(rng.integers(len(sizes)))]
+    objects = _scene(rng, int(rng.integers(OBJECTS[0], OBJECTS[1] + 1)), h, w, ShapesConfig().min_visible)
+    image = _render(objects, rng, h, w)
+    return to_pixels([image], size)[0], describe(objects, rng)
+
+
+class ScenePool:
+    """A refreshed pool of captioned scenes to sample training batches from."""
+
+    def __init__(self, size: int, pool_size: int, seed: int):
+        self.size = size
+        self.rng = np.random.default_rng(seed)
+        drawn = [draw_scene(self.rng, size) for _ in range(pool_size)]
+        self.pixels = torch.stack([p for p, _ in drawn])
+        self.captions = [c for _, c in drawn]
+        self.drawn = pool_size
+
+    def refresh(self, count: int) -> list[int]:
+        """Replace ``count`` random entries with new scenes; returns their indices."""
+        indices = [int(i) for i in self.rng.choice(len(self.captions), size=count, replace=False)]
+        for i in indices:
+            self.pixels[i], self.captions[i] = draw_scene(self.rng, self.size)
+        self.drawn += count
+        return indices
+
+    def batch(self, batch_size: int) -> tuple[list[int], torch.Tensor, list[str]]:
+        indices = [int(i) for i in self.rng.choice(len(self.captions), size=batch_size, replace=False)]
+        return indices, self.pixels[indices], [self.captions[i] for i in indices]
