@@ -26,6 +26,10 @@ def refbench_datasets() -> list[DatasetSpec]:
         DatasetSpec("refshapes", _REFER, "synthetic referring shapes in the RefCOCO layout "
                     "(generated on first use)", "refshapes", {"name": "refshapes"},
                     generator="refbench.data.shapes:make"),
+        DatasetSpec("refshapes-attribute", _REFER, "RefShapes' attribute-distractor expressions "
+                    "only ('the red circle' beside another circle): the attribute-binding study",
+                    "refshapes", {"name": "refshapes", "kinds": ["attribute"]},
+                    generator="refbench.data.shapes:make"),
         DatasetSpec("refshapes-semantic", _COCO, "RefShapes scenes as COCO semantic "
                     "segmentation (generated on first use)", "refshapes",
                     {"name": "refshapes-semantic", "image_subdir": "images/train2014"},

@@ -42,9 +42,13 @@ class ReferDataset:
     task = "referring"
 
     def __init__(self, root: Path, name: str, split_by: str | None = None,
-                 image_dir: str | Path | None = None, default_split_by: str = "unc"):
+                 image_dir: str | Path | None = None, default_split_by: str = "unc",
+                 kinds: tuple[str, ...] | list[str] | None = None):
         self.root = Path(root)
         self.name = name
+        # keep only sentences of these kinds (RefShapes records one per sentence): a subset
+        # such as the attribute-distractor expressions, evaluated as a data set of its own
+        self.kinds = tuple(sorted(kinds)) if kinds else None
         self.split_by = split_by or default_split_by
         known = KNOWN_SPLIT_BYS.get(name)
         if known and self.split_by not in known:
@@ -89,7 +93,7 @@ class ReferDataset:
         return sorted({str(r.get("split")) for r in self.refs})
 
     def fingerprint(self, split: str) -> str:
-        return combine_hashes("refer", self.name, self.split_by, split,
+        return combine_hashes("refer", self.name, self.split_by, split, *(self.kinds or ()),
                               file_sha256(self.refs_path), file_sha256(self.instances_path))
 
     def samples(self, split: str) -> list[Sample]:
@@ -118,6 +122,8 @@ class ReferDataset:
                                                        f"annotation {ann_id} in {self.instances_path}")
             category_id = int(ref.get("category_id", ann.get("category_id", 0)))
             for sentence in ref.get("sentences", []):
+                if self.kinds is not None and sentence.get("kind") not in self.kinds:
+                    continue
                 text = sentence.get("raw") or sentence.get("sent") or ""
                 meta = {"ref_id": ref.get("ref_id"), "ann_id": ann_id, "category_id": category_id,
                         "category": self._categories.get(category_id, "")}
