@@ -67,8 +67,10 @@ def breakdown(stored: RunSamples, k: int, field: str) -> dict[str, dict[str, flo
 
 
 def collect(store: Store, run_key: str, samples: Sequence[Sample], thresholds: Sequence[float],
-            report_threshold: float, semantic: bool = False) -> dict[str, Any]:
-    """Metrics of one run over exactly ``samples`` (rows of other samples are ignored)."""
+            report_threshold: float, semantic: bool = False,
+            breakdown_field: str | None = None) -> dict[str, Any]:
+    """Metrics of one run over exactly ``samples`` (rows of other samples are ignored), broken
+    down by ``breakdown_field`` of the samples' meta where they have it."""
     stored = load_run_samples(store, run_key, samples, thresholds)
     rows = stored.rows
     t = len(thresholds)
@@ -81,6 +83,8 @@ def collect(store: Store, run_key: str, samples: Sequence[Sample], thresholds: S
         "metrics": {key: v for key, v in sweep[k].items() if key != "threshold"},
         "counts": _counts(rows),
     }
+    if breakdown_field and (groups := breakdown(stored, k, breakdown_field)):
+        result["breakdown"] = {breakdown_field: groups}
     if not is_mask:
         result["sweep"] = sweep
     if semantic:
@@ -142,7 +146,12 @@ def format_table(results: dict[str, dict[str, Any]]) -> str:
         lines.append(row)
     widths = [max(len(str(x)) for x in column) for column in zip(header, *lines)]
     fmt = lambda cells: "  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(cells, widths)))  # noqa: E731
-    return "\n".join([fmt(header), fmt(["-" * w for w in widths]), *(fmt(l) for l in lines)])
+    table = [fmt(header), fmt(["-" * w for w in widths]), *(fmt(l) for l in lines)]
+    for name, r in results.items():
+        for field, groups in r.get("breakdown", {}).items():
+            parts = [f"{value} {_pct(g['mIoU'])} (n={g['n']})" for value, g in groups.items()]
+            table.append(f"{name} mIoU by {field}: " + ", ".join(parts))
+    return "\n".join(table)
 
 
 def timestamp() -> str:

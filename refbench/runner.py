@@ -51,6 +51,7 @@ class RunOptions:
     threshold: float = 0.5
     sweep_step: float = 0.05
     progress: bool = True
+    breakdown: str | None = "kind"  # a sample meta field to break results down by, when present
 
     def out_dir(self) -> Path:
         return self.out or Path("runs") / f"{self.dataset}-{self.split}"
@@ -329,7 +330,8 @@ def run(host: PluginHost, options: RunOptions) -> dict[str, Any]:
                 outcome.seconds = max(per_rank[i][1] for per_rank in work)
         for outcome in outcomes:
             summary = collect(store, outcome.record.run_key, plan.samples, plan.thresholds,
-                              options.threshold, semantic=plan.dataset.task == "semantic")
+                              options.threshold, semantic=plan.dataset.task == "semantic",
+                              breakdown_field=options.breakdown)
             if summary["counts"]:
                 store.update_run_info(outcome.record.run_key, {"counts": summary["counts"]})
             results[outcome.spec.name] = outcome.result(summary)

@@ -155,3 +155,18 @@ def test_semantic_run_scores_confusion(shapes_root: Path, tmp_path: Path):
     # background is never predicted: its IoU is 0 and the mean sits well below gt_box's.
     assert 0 < res["full_image"]["semantic"]["mIoU"] < res["gt_box"]["semantic"]["mIoU"] < 1
     assert res["gt_box"]["semantic"]["classes"] == 4  # background + circle, square, triangle
+
+
+def test_results_break_down_by_kind_consistently(shapes_root, tmp_path):
+    import json
+
+    result = run_cli("run", "--methods", "gt_box", "--data-root", str(shapes_root),
+                     "--out", str(tmp_path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    gt_box = json.loads((tmp_path / "results.json").read_text())["results"]["gt_box"]
+    groups = gt_box["breakdown"]["kind"]
+    assert set(groups) <= {"attribute", "plain", "relation"} and len(groups) >= 2
+    assert sum(g["n"] for g in groups.values()) == gt_box["n"]
+    weighted = sum(g["n"] * g["mIoU"] for g in groups.values()) / gt_box["n"]
+    assert abs(weighted - gt_box["metrics"]["mIoU"]) < 1e-9
+    assert "gt_box mIoU by kind: " in result.stdout
