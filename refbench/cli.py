@@ -109,6 +109,11 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--batch-size", type=_positive_int, default=64)
     pretrain.add_argument("--lr", type=float, default=1e-3)
     pretrain.add_argument("--pool", type=_positive_int, default=4096, help="scenes kept in memory")
+    pretrain.add_argument("--warmup", type=_non_negative_int, default=100, help="learning-rate warmup steps")
+    pretrain.add_argument("--snr-gamma", type=float, default=0.0,
+                          help="min-SNR loss weighting gamma (0: plain noise-prediction MSE)")
+    pretrain.add_argument("--init-from", type=Path, default=None,
+                          help="continue the text encoder + UNet stage from this trained model directory")
     pretrain.add_argument("--save-every", type=_positive_int, default=250)
     pretrain.add_argument("--threads", type=_non_negative_int, default=0, help="torch threads (0: default)")
 
@@ -206,7 +211,9 @@ def cmd_pretrain_shapes(args: argparse.Namespace) -> int:
 
     config = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps,
                             batch_size=args.batch_size, lr=args.lr, pool=args.pool,
-                            save_every=args.save_every, threads=args.threads)
+                            save_every=args.save_every, threads=args.threads,
+                            warmup=args.warmup, snr_gamma=args.snr_gamma,
+                            init_from=str(args.init_from) if args.init_from else "")
     out = pretrain(args.out, config)
     print(f"model written to {out}; use it with --set '*.backbone={out}'")
     return 0

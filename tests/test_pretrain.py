@@ -143,3 +143,32 @@ def test_pretrain_refuses_other_settings_in_the_same_folder(tmp_path) -> None:
     assert_user_error(result, "other settings", "--out")
     bad = run_cli("pretrain-shapes", "--out", str(tmp_path / "x"), "--pool", "8", "--batch-size", "16")
     assert_user_error(bad, "batch_size 16 exceeds the scene pool of 8", "--pool")
+
+
+def test_min_snr_weights_match_hand_computed_values() -> None:
+    from refbench.pretrain.train import _weighted_mse
+
+    predicted = torch.zeros(2, 1, 1, 2)
+    noise = torch.tensor([[[[1.0, 1.0]]], [[[2.0, 0.0]]]])  # per-sample MSE 1 and 2
+    alphas_cumprod = torch.tensor([10 / 11, 2 / 3])  # SNR 10 and 2
+    assert float(_weighted_mse(predicted, noise, alphas_cumprod, 0.0)) == pytest.approx(1.5)
+    # gamma 5: the first sample weighs 5/10, the second min(2, 5)/2 = 1
+    assert float(_weighted_mse(predicted, noise, alphas_cumprod, 5.0)) == pytest.approx((0.5 + 2) / 2)
+
+
+def test_init_from_continues_the_denoiser_and_keeps_the_autoencoder(tmp_path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_cli("pretrain-shapes", "--out", str(first), *SMALL).returncode == 0
+    result = run_cli("pretrain-shapes", "--out", str(second), "--init-from", str(first), "--steps", "2",
+                     "--pool", "16", "--batch-size", "4", "--snr-gamma", "5", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    vae = "vae/diffusion_pytorch_model.safetensors"
+    unet = "unet/diffusion_pytorch_model.safetensors"
+    assert (second / vae).read_bytes() == (first / vae).read_bytes()
+    assert (second / unet).read_bytes() != (first / unet).read_bytes()
+    stages = {r.split(",")[0] for r in (second / "loss.csv").read_text().splitlines()[1:]}
+    assert stages == {"denoiser"}
+    config = json.loads((second / "training.json").read_text())["config"]
+    assert config["init_from"] == str(first) and config["snr_gamma"] == 5.0
+    missing = run_cli("pretrain-shapes", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "none"))
+    assert_user_error(missing, "not a model directory", "--init-from")

@@ -47,6 +47,8 @@ class PretrainConfig:
     lr: float = 1e-3
     warmup: int = 100
     caption_dropout: float = 0.1
+    snr_gamma: float = 0.0  # >0: min-SNR-gamma loss weights (Hang et al. 2023); 0: plain MSE
+    init_from: str = ""  # a trained model directory to continue the denoiser stage from
     save_every: int = 250
     log_every: int = 10
     threads: int = 0  # 0: torch's default
@@ -56,10 +58,16 @@ class PretrainConfig:
         for name in ("pool", "vae_batch_size", "batch_size", "steps", "save_every", "log_every"):
             if getattr(self, name) < 1:
                 raise UserError(f"pretrain-shapes: {name} must be at least 1, got {getattr(self, name)}")
-        for name in ("batch_size", "vae_batch_size"):
+        trained = ("batch_size",) if self.init_from else ("batch_size", "vae_batch_size")
+        for name in trained:  # with --init-from the autoencoder is kept, not trained
             if getattr(self, name) > self.pool:
                 raise UserError(f"pretrain-shapes: {name} {getattr(self, name)} exceeds the scene "
                                 f"pool of {self.pool}: raise --pool or lower the batch size")
+        if self.snr_gamma < 0:
+            raise UserError("pretrain-shapes: --snr-gamma must be 0 (off) or positive")
+        if self.init_from and not (Path(self.init_from) / "model_index.json").is_file():
+            raise UserError(f"pretrain-shapes: --init-from {self.init_from} is not a model "
+                            f"directory (no model_index.json): give a finished pretrain-shapes --out")
         if not 0 <= self.caption_dropout < 1:
             raise UserError("pretrain-shapes: caption dropout must be in [0, 1)")
 
@@ -130,6 +138,18 @@ def _latents(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
     return backbone.vae.encode(pixels).latent_dist.mean * backbone.vae.config.scaling_factor
 
 
+def _weighted_mse(predicted: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
+                  snr_gamma: float) -> torch.Tensor:
+    """Noise-prediction MSE; with ``snr_gamma`` each sample weighs min(SNR, gamma) / SNR, which
+    stops the nearly clean timesteps (where the caption tells the model nothing) from dominating
+    the gradient."""
+    per_sample = ((predicted - noise) ** 2).flatten(1).mean(1)
+    if not snr_gamma:
+        return per_sample.mean()
+    snr = alphas_cumprod / (1 - alphas_cumprod)
+    return (per_sample * snr.clamp(max=snr_gamma) / snr).mean()
+
+
 def _train_denoiser(backbone: Backbone, pool: ScenePool, config: PretrainConfig, log: _Log,
                     start: int, state: dict[str, Any], save: Callable[[dict[str, Any]], None]) -> None:
     unet, text_encoder = backbone.unet.train(), backbone.text_encoder.train()
@@ -153,7 +173,8 @@ def _train_denoiser(backbone: Backbone, pool: ScenePool, config: PretrainConfig,
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(indices),))
         noisy = scheduler.add_noise(clean, noise, timesteps)
         context = text_encoder(tokenize(backbone.tokenizer, captions, clean.device))[0]
-        loss = F.mse_loss(unet(noisy, timesteps, encoder_hidden_states=context).sample, noise)
+        predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
+        loss = _weighted_mse(predicted, noise, scheduler.alphas_cumprod[timesteps], config.snr_gamma)
         optimiser.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
@@ -190,8 +211,13 @@ def pretrain(out: Path, config: PretrainConfig, echo: Callable[[str], None] = pr
             raise UserError(f"{out} holds a run with other settings: pick another --out, or rerun "
                             f"with the settings in {out / 'training.json'}")
     torch.manual_seed(config.seed)
-    backbone = load_pretrained(str(out), torch.device("cpu"), torch.float32, "shapes") if state \
-        else build_untrained(config.seed)
+    if state:
+        backbone = load_pretrained(str(out), torch.device("cpu"), torch.float32, "shapes")
+    elif config.init_from:  # a second denoiser phase: the autoencoder and its scaling are kept
+        backbone = load_pretrained(config.init_from, torch.device("cpu"), torch.float32, "shapes")
+        state = {"stage": "denoiser", "step": 0}
+    else:
+        backbone = build_untrained(config.seed)
     echo(f"drawing a pool of {config.pool} scenes")
     pool = ScenePool(IMAGE_SIZE, config.pool, config.seed + 1)
     log = _Log(out / "loss.csv", echo)
