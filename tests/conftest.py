@@ -79,7 +79,8 @@ def report_spec(root: Path, store: Path, **extra: str) -> str:
     """A small report spec over a RefShapes copy: two reference methods and a score-map test
     method, a grid, a gallery; ``extra`` replaces top-level sections (YAML text)."""
     sections = {
-        "head": f"title: Test report\nstore: {store}\nseed: 0\nbatch_size: 4\n",
+        "head": (f"title: Test report\nstore: {store}\nseed: 0\nbatch_size: 4\n"
+                 "note: 'Shapes <i>only</i>'\nlinks:\n  - {title: 'All <b>galleries</b>', href: gallery.html}\n"),
         "calibration": "calibration:\n  split: val\n  criterion: mIoU\n",
         "statistics": "statistics:\n  resamples: 300\n",
         "datasets": f"datasets:\n  - name: refshapes\n    root: {root}\n    splits: [testA, testB]\n",

@@ -124,6 +124,7 @@ def test_untrusted_text_is_escaped(report_site: Path):
     assert "onerror=alert" not in gallery.replace("onerror=alert(1)&gt;", "")
     index = (report_site / "index.html").read_text()
     assert "Colour &amp; &lt;b&gt;noise&lt;/b&gt;" in index and "<b>noise</b>" not in index
+    assert "Shapes &lt;i&gt;only&lt;/i&gt;" in index and "All &lt;b&gt;galleries&lt;/b&gt;" in index
     latex = next((report_site / "tables").glob("leaderboard-refshapes-testA.tex")).read_text()
     assert r"Colour \& <b>noise</b>" in latex
 
@@ -172,6 +173,8 @@ def test_tuning_on_a_reported_split_is_refused_unless_forced(hostile_root, tmp_p
     ({"calibration": "calibration:\n  criterion: IoU\n"}, ["calibration criterion", "did you mean"]),
     ({"gallery": "gallery:\n  contrast: [GT box, Nope]\n"}, ["method label", "'Nope'"]),
     ({"gallery": "gallery:\n  split: val\n"}, ["not a reported split"]),
+    ({"head": "title: x\nlinks:\n  - {title: x, href: 'javascript:alert(1)'}\n"},
+     ["href 'javascript:alert(1)'", "relative to the site"]),
     ({"grids": "grids:\n  - method: gt_box\n    params: {grw: [0, 1]}\n"}, ["did you mean 'grow'"]),
 ])
 def test_spec_mistakes_are_one_line_errors(hostile_root, tmp_path: Path, section, fragments):

@@ -233,6 +233,28 @@ def shipped_checkpoint(method: str, backbone: str) -> Path:
     return path
 
 
+# config fields that shape the network: a checkpoint only fits the values it was trained with
+ARCHITECTURE = ("decoder_width", "attn_resolutions", "upsample_attn", "lora_rank")
+
+
+def _check_architecture(method: str, config: VPDConfig, trained: dict[str, Any], path: str) -> None:
+    """One line naming the --set values a checkpoint needs, instead of a shape-mismatch traceback."""
+    wrong = [(key, trained[key]) for key in ARCHITECTURE
+             if key in trained and hasattr(config, key)
+             and _plain(getattr(config, key)) != _plain(trained[key])]
+    if wrong:
+        fixes = " ".join(f"--set {method}.{key}={_cli_value(value)}" for key, value in wrong)
+        raise UserError(f"checkpoint {path} was trained with other network settings: pass {fixes}")
+
+
+def _plain(value: Any) -> Any:
+    return list(value) if isinstance(value, (list, tuple)) else value
+
+
+def _cli_value(value: Any) -> str:
+    return ",".join(str(v) for v in value) if isinstance(value, (list, tuple)) else str(value)
+
+
 class VPD:
     """The refbench method: a VPDNet with a trained checkpoint loaded."""
 
@@ -260,6 +282,7 @@ class VPD:
         if trained_for and trained_for != self.method_name:
             raise UserError(f"checkpoint {config.checkpoint} was trained for {trained_for}, "
                             f"not {self.method_name}")
+        _check_architecture(self.method_name, config, meta.get("config", {}), config.checkpoint)
         self.config = config
         self.net = self.network(config)
         self.net.load_checkpoint_state(tensors)

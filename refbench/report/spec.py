@@ -67,6 +67,19 @@ class RegressEntry:
 
 
 @dataclass(frozen=True)
+class Link:
+    """A link in every page's navigation: another spec's site, a README section."""
+
+    title: str
+    href: str
+
+    @property
+    def is_address(self) -> bool:
+        """An http(s) address, used as is; anything else is relative to the site root."""
+        return self.href.lower().startswith(("http://", "https://"))
+
+
+@dataclass(frozen=True)
 class ReportSpec:
     path: Path
     title: str
@@ -84,6 +97,8 @@ class ReportSpec:
     grids: list[GridEntry]
     gallery: GalleryEntry | None
     regress: RegressEntry | None
+    note: str = ""  # a paragraph under the title: what the page shows, the verdict
+    links: list[Link] = field(default_factory=list)
 
     def method(self, label: str) -> MethodEntry:
         return _find_method(self.methods, label, "methods")
@@ -155,6 +170,21 @@ def _text(value: Any) -> str:
     if isinstance(value, dict):
         return json.dumps(value)
     return str(value)
+
+
+def _links(raw: list[Any], where: str) -> list[Link]:
+    """Relative paths (from the site root) or http(s) addresses: never a script URL."""
+    links = []
+    for i, item in enumerate(raw):
+        section = _Section(item, f"{where}[{i}]")
+        link = Link(section.get("title", str, required=True), section.get("href", str, required=True))
+        section.done()
+        scheme = link.href.split(":", 1)[0].lower() if ":" in link.href.split("/", 1)[0] else ""
+        if scheme not in ("", "http", "https") or link.href.startswith("/"):
+            raise UserError(f"{section.where}.href {link.href!r} must be a path relative to the "
+                            f"site (e.g. binding/index.html) or an http(s) address")
+        links.append(link)
+    return links
 
 
 def _overrides(method: str, data: Any, where: str) -> list[Override]:
@@ -293,7 +323,9 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         limit=limit if limit is not None else spec_limit,
         sweep_step=top.get("sweep_step", float, 0.05), breakdown=_nullable(top, "breakdown", "kind"),
         calibration=calibration, stats=stats, datasets=datasets, methods=methods,
-        compare=pairs, grids=grids, gallery=gallery, regress=regress)  # type: ignore[arg-type]
+        compare=pairs, grids=grids, gallery=gallery, regress=regress,  # type: ignore[arg-type]
+        note=top.get("note", str, "").strip(),
+        links=_links(top.get("links", list, []), f"{path.name}: links"))
     top.done()
     if spec.limit is not None and spec.limit < 1:
         raise UserError(f"{path.name}: limit must be positive")
