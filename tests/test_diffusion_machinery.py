@@ -152,3 +152,23 @@ def test_referent(expression, chunk, root, modifiers):
 
 def test_no_chunk_is_reported():
     assert not find_referent("left one").found
+
+
+def test_latent_cache_full_of_other_entries_keeps_a_batch_whole(tiny_backbone, monkeypatch):
+    """A batch mixing cached and new images must not evict its own cached entries (it did: a
+    report over more than CACHE_SIZE images failed with a KeyError)."""
+    import numpy as np
+
+    from refbench.diffusion import latents as cache
+
+    rng = np.random.default_rng(0)
+    images = [rng.integers(0, 256, (24, 32, 3), dtype=np.uint8) for _ in range(5)]
+    cache.clear_cache()
+    monkeypatch.setattr(cache, "CACHE_SIZE", 3)
+    first, _ = cache.latents_and_noise(tiny_backbone, images[:1], [1], 64)
+    # image 0 is cached and the oldest; four new ones overflow the cache around it
+    mixed, noise = cache.latents_and_noise(tiny_backbone, images, [1, 2, 3, 4, 5], 64)
+    alone, alone_noise = cache.latents_and_noise(tiny_backbone, images[3:4], [4], 64)
+    assert torch.equal(mixed[0], first[0]) and torch.equal(mixed[3], alone[0])
+    assert torch.equal(noise[3], alone_noise[0]) and len(cache._CACHE) <= 3
+    cache.clear_cache()

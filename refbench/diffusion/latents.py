@@ -43,7 +43,13 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
     """Scaled VAE latents (the posterior mean) and seeded noise for each image."""
     keys = [(backbone.fingerprint, str(backbone.device), str(backbone.dtype), size, seed,
              _image_key(image)) for image, seed in zip(images, seeds)]
-    missing = [i for i, key in enumerate(keys) if key not in _CACHE]
+    # this batch's entries are held here, so evicting old ones can never drop one of them
+    found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
+    for i, key in enumerate(keys):
+        if key in _CACHE:
+            _CACHE.move_to_end(key)
+            found[i] = _CACHE[key]
+    missing = [i for i in range(len(keys)) if i not in found]
     if missing:
         pixels = to_pixels([images[i] for i in missing], size).to(backbone.device, backbone.dtype)
         with torch.no_grad():
@@ -51,15 +57,13 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
         for row, i in enumerate(missing):
             generator = torch.Generator("cpu").manual_seed(int(seeds[i]))
             noise = torch.randn(latents.shape[1:], generator=generator)
-            _CACHE[keys[i]] = (latents[row].cpu(), noise)
-            while len(_CACHE) > CACHE_SIZE:
-                _CACHE.popitem(last=False)
+            found[i] = _CACHE[keys[i]] = (latents[row].cpu(), noise)
+    while len(_CACHE) > CACHE_SIZE:
+        _CACHE.popitem(last=False)
     stats["misses"] += len(missing)
     stats["hits"] += len(keys) - len(missing)
-    for key in keys:
-        _CACHE.move_to_end(key)
-    latents = torch.stack([_CACHE[k][0] for k in keys]).to(backbone.device, backbone.dtype)
-    noise = torch.stack([_CACHE[k][1] for k in keys]).to(backbone.device, backbone.dtype)
+    latents = torch.stack([found[i][0] for i in range(len(keys))]).to(backbone.device, backbone.dtype)
+    noise = torch.stack([found[i][1] for i in range(len(keys))]).to(backbone.device, backbone.dtype)
     return latents, noise
 
 
