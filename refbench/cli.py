@@ -112,6 +112,8 @@ def build_parser() -> argparse.ArgumentParser:
     pretrain.add_argument("--warmup", type=_non_negative_int, default=100, help="learning-rate warmup steps")
     pretrain.add_argument("--snr-gamma", type=float, default=0.0,
                           help="min-SNR loss weighting gamma (0: plain noise-prediction MSE)")
+    pretrain.add_argument("--grounding-weight", type=float, default=0.0,
+                          help="weight of the grounding loss: named words attend to their objects (0: off)")
     pretrain.add_argument("--init-from", type=Path, default=None,
                           help="continue the text encoder + UNet stage from this trained model directory")
     pretrain.add_argument("--save-every", type=_positive_int, default=250)
@@ -213,6 +215,7 @@ def cmd_pretrain_shapes(args: argparse.Namespace) -> int:
                             batch_size=args.batch_size, lr=args.lr, pool=args.pool,
                             save_every=args.save_every, threads=args.threads,
                             warmup=args.warmup, snr_gamma=args.snr_gamma,
+                            grounding_weight=args.grounding_weight,
                             init_from=str(args.init_from) if args.init_from else "")
     out = pretrain(args.out, config)
     print(f"model written to {out}; use it with --set '*.backbone={out}'")

@@ -41,8 +41,14 @@ def _parse(caption: str) -> list[tuple[str, str | None, str | None]]:
 def test_captions_name_every_object_with_true_colours_and_relations(seed: int) -> None:
     rng = np.random.default_rng(seed)
     objects = _scene(rng, int(rng.integers(2, 7)), 192, 256, 0.6)
-    caption = describe(objects, rng, relation_rate=0.5)
+    described = describe(objects, rng, relation_rate=0.5)
+    caption = described.text
     mentions = _parse(caption)
+    # the grounding spans: every object's shape word, and its colour word where it is named
+    named = {(i, caption[s:e]) for s, e, i in described.words}
+    assert {(i, o.shape) for i, o in enumerate(objects)} <= named, caption
+    assert all(word in (objects[i].shape, objects[i].colour) for i, word in named), caption
+    assert sum(word in COLOURS for _, word in named) == sum(m[1] is not None for m in mentions)
     assert sorted(m[0] for m in mentions) == sorted(o.shape for o in objects), caption
     assert all(m[0] in SHAPES and (m[1] is None or m[1] in COLOURS) for m in mentions)
     # every mention names an object that is there, no object twice (coloured mentions first)
@@ -64,7 +70,7 @@ def test_caption_rates_are_what_they_claim() -> None:
     coloured = total = relations = 0
     for _ in range(400):
         objects = _scene(rng, 4, 224, 224, 0.6)
-        mentions = _parse(describe(objects, rng))
+        mentions = _parse(describe(objects, rng).text)
         coloured += sum(m[1] is not None for m in mentions)
         total += len(mentions)
         relations += any(m[2] for m in mentions)
@@ -90,7 +96,7 @@ def test_pretrain_writes_a_diffusers_directory_that_loads_and_is_reproducible(tm
     assert index["scheduler"] == ["diffusers", "DDPMScheduler"]
     assert index["tokenizer"] == ["transformers", "CLIPTokenizer"]
     rows = (first / "loss.csv").read_text().splitlines()
-    assert rows[0] == "stage,step,loss,seconds"
+    assert rows[0] == "stage,step,loss,seconds,grounding"
     assert [r.split(",")[:2] for r in rows[1:]][-1] == ["denoiser", "3"]
     summary = json.loads((first / "training.json").read_text())
     assert summary["done"] and summary["step"] == 3
@@ -107,6 +113,12 @@ def test_pretrain_writes_a_diffusers_directory_that_loads_and_is_reproducible(tm
     # a rerun with the same settings does nothing
     again = run_cli("pretrain-shapes", "--out", str(first), *SMALL)
     assert again.returncode == 0 and "already holds" in again.stdout
+    # a model recorded before a setting existed counts that setting at its default
+    summary = json.loads((first / "training.json").read_text())
+    del summary["config"]["grounding_weight"]
+    (first / "training.json").write_text(json.dumps(summary))
+    older = run_cli("pretrain-shapes", "--out", str(first), *SMALL)
+    assert older.returncode == 0 and "already holds" in older.stdout
 
 
 def test_pretrain_resumes_from_its_last_save(tmp_path) -> None:
@@ -168,7 +180,10 @@ def test_init_from_continues_the_denoiser_and_keeps_the_autoencoder(tmp_path) ->
     assert (second / unet).read_bytes() != (first / unet).read_bytes()
     stages = {r.split(",")[0] for r in (second / "loss.csv").read_text().splitlines()[1:]}
     assert stages == {"denoiser"}
-    config = json.loads((second / "training.json").read_text())["config"]
-    assert config["init_from"] == str(first) and config["snr_gamma"] == 5.0
+    summary = json.loads((second / "training.json").read_text())
+    assert summary["config"]["init_from"] == str(first) and summary["config"]["snr_gamma"] == 5.0
+    # the phase it continues is on record: its summary and its loss curve
+    assert summary["init"] == json.loads((first / "training.json").read_text())
+    assert (second / "init_loss.csv").read_text() == (first / "loss.csv").read_text()
     missing = run_cli("pretrain-shapes", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "none"))
     assert_user_error(missing, "not a model directory", "--init-from")

@@ -5,48 +5,54 @@ noise), with their own random stream, and are resized to the model's input exact
 evaluation resizes images (``to_pixels``), so training and evaluation see the same pixels.
 A pool keeps a few thousand scenes and replaces some every step: generating a whole batch per
 step would cost a quarter of each step on two cores, and a fixed set would be memorised.
+Each scene keeps its objects' visible masks at the latent resolution, for the grounding loss.
 """
 
 from __future__ import annotations
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 
 from refbench.data.shapes import ShapesConfig, _render, _scene
 from refbench.diffusion.latents import to_pixels
-from refbench.pretrain.captions import describe
+from refbench.pretrain.captions import Caption, describe
 
 OBJECTS = (2, 6)  # from testA's sparsest scenes to testB's most crowded
 
 
-def draw_scene(rng: np.random.Generator, size: int) -> tuple[torch.Tensor, str]:
-    """One scene as (3, size, size) pixels in [-1, 1] and its caption."""
+def draw_scene(rng: np.random.Generator, size: int, mask_size: int) -> tuple[torch.Tensor, Caption, torch.Tensor]:
+    """One scene: (3, size, size) pixels in [-1, 1], its caption, and each object's visible
+    mask as the fraction of every cell of a mask_size x mask_size grid it covers."""
     sizes = ShapesConfig().sizes
     h, w = sizes[int(rng.integers(len(sizes)))]
     objects = _scene(rng, int(rng.integers(OBJECTS[0], OBJECTS[1] + 1)), h, w, ShapesConfig().min_visible)
     image = _render(objects, rng, h, w)
-    return to_pixels([image], size)[0], describe(objects, rng)
+    visible = torch.from_numpy(np.stack([o.visible for o in objects])).float()
+    masks = F.interpolate(visible[:, None], size=(mask_size, mask_size), mode="area")[:, 0]
+    return to_pixels([image], size)[0], describe(objects, rng), masks
 
 
 class ScenePool:
     """A refreshed pool of captioned scenes to sample training batches from."""
 
-    def __init__(self, size: int, pool_size: int, seed: int):
-        self.size = size
+    def __init__(self, size: int, pool_size: int, seed: int, mask_size: int):
+        self.size, self.mask_size = size, mask_size
         self.rng = np.random.default_rng(seed)
-        drawn = [draw_scene(self.rng, size) for _ in range(pool_size)]
-        self.pixels = torch.stack([p for p, _ in drawn])
-        self.captions = [c for _, c in drawn]
+        drawn = [draw_scene(self.rng, size, mask_size) for _ in range(pool_size)]
+        self.pixels = torch.stack([p for p, _, _ in drawn])
+        self.captions = [c for _, c, _ in drawn]
+        self.masks = [m for _, _, m in drawn]
         self.drawn = pool_size
 
     def refresh(self, count: int) -> list[int]:
         """Replace ``count`` random entries with new scenes; returns their indices."""
         indices = [int(i) for i in self.rng.choice(len(self.captions), size=count, replace=False)]
         for i in indices:
-            self.pixels[i], self.captions[i] = draw_scene(self.rng, self.size)
+            self.pixels[i], self.captions[i], self.masks[i] = draw_scene(self.rng, self.size, self.mask_size)
         self.drawn += count
         return indices
 
-    def batch(self, batch_size: int) -> tuple[list[int], torch.Tensor, list[str]]:
+    def batch(self, batch_size: int) -> tuple[list[int], torch.Tensor, list[Caption]]:
         indices = [int(i) for i in self.rng.choice(len(self.captions), size=batch_size, replace=False)]
         return indices, self.pixels[indices], [self.captions[i] for i in indices]

@@ -4,7 +4,10 @@ Stage 1 trains the AutoencoderKL on scene pixels (MSE plus a small KL term) and 
 ``scaling_factor`` so scaled latents have unit spread, as SD's 0.18215 does. Stage 2 freezes it
 and trains the text encoder and UNet jointly with the usual noise-prediction loss under SD's
 scheduler; a tenth of the captions are dropped to "" so the unconditioned embedding (used by
-classifier-free guidance and by unconditioned-embedding averaging) is a trained one.
+classifier-free guidance and by unconditioned-embedding averaging) is a trained one. With
+``grounding_weight`` the grounding loss (``grounding.py``: each word naming an object attends to
+that object) is added to the noise-prediction loss; ``init_from`` runs this stage again on a
+finished model (a grounding phase on top of a trained model, for instance).
 
 Every ``save_every`` steps the model directory is rewritten and the optimiser state saved, so a
 killed run resumes from its last save and a long run can be evaluated while it trains (a
@@ -16,6 +19,7 @@ from __future__ import annotations
 
 import json
 import math
+import shutil
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -24,10 +28,12 @@ from typing import Any, Callable
 import torch
 import torch.nn.functional as F
 
+from refbench.diffusion.attention import capture_attention
 from refbench.diffusion.backbone import Backbone, load_pretrained
 from refbench.diffusion.prompts import tokenize
 from refbench.errors import UserError
 from refbench.pretrain.model import IMAGE_SIZE, SHAPES, build_untrained
+from refbench.pretrain.grounding import grounding_loss, word_tokens
 from refbench.pretrain.scenes import ScenePool
 
 STATE = "pretrain_state.pt"
@@ -48,6 +54,7 @@ class PretrainConfig:
     warmup: int = 100
     caption_dropout: float = 0.1
     snr_gamma: float = 0.0  # >0: min-SNR-gamma loss weights (Hang et al. 2023); 0: plain MSE
+    grounding_weight: float = 0.0  # >0: add the grounding loss (grounding.py) with this weight
     init_from: str = ""  # a trained model directory to continue the denoiser stage from
     save_every: int = 250
     log_every: int = 10
@@ -65,6 +72,8 @@ class PretrainConfig:
                                 f"pool of {self.pool}: raise --pool or lower the batch size")
         if self.snr_gamma < 0:
             raise UserError("pretrain-shapes: --snr-gamma must be 0 (off) or positive")
+        if self.grounding_weight < 0:
+            raise UserError("pretrain-shapes: --grounding-weight must be 0 (off) or positive")
         if self.init_from and not (Path(self.init_from) / "model_index.json").is_file():
             raise UserError(f"pretrain-shapes: --init-from {self.init_from} is not a model "
                             f"directory (no model_index.json): give a finished pretrain-shapes --out")
@@ -81,20 +90,29 @@ def _schedule(step: int, warmup: int, total: int) -> float:
 
 
 class _Log:
+    """loss.csv: the training loss (noise prediction, or reconstruction for the autoencoder)
+    and the grounding loss (empty where it is off), each averaged over the logging window."""
+
     def __init__(self, path: Path, echo: Callable[[str], None]):
         self.path, self.echo = path, echo
         if not path.exists():
-            path.write_text("stage,step,loss,seconds\n")
+            path.write_text("stage,step,loss,seconds,grounding\n")
         self.window: list[float] = []
+        self.grounding: list[float] = []
 
-    def add(self, stage: str, step: int, total: int, loss: float, seconds: float, every: int) -> None:
+    def add(self, stage: str, step: int, total: int, loss: float, seconds: float, every: int,
+            grounding: float | None = None) -> None:
         self.window.append(loss)
+        if grounding is not None:
+            self.grounding.append(grounding)
         if (step + 1) % every == 0 or step + 1 == total:
             mean = sum(self.window) / len(self.window)
+            ground = f"{sum(self.grounding) / len(self.grounding):.6f}" if self.grounding else ""
             with open(self.path, "a") as handle:
-                handle.write(f"{stage},{step + 1},{mean:.6f},{seconds:.1f}\n")
-            self.echo(f"{stage} step {step + 1}: loss {mean:.4f} ({seconds:.0f} s)")
-            self.window = []
+                handle.write(f"{stage},{step + 1},{mean:.6f},{seconds:.1f},{ground}\n")
+            self.echo(f"{stage} step {step + 1}: loss {mean:.4f}"
+                      + (f", grounding {ground}" if ground else "") + f" ({seconds:.0f} s)")
+            self.window, self.grounding = [], []
 
 
 def _train_autoencoder(backbone: Backbone, pool: ScenePool, config: PretrainConfig, log: _Log,
@@ -165,25 +183,34 @@ def _train_denoiser(backbone: Backbone, pool: ScenePool, config: PretrainConfig,
             group["lr"] = config.lr * _schedule(step, config.warmup, config.steps)
         fresh = pool.refresh(config.refresh)
         latents[fresh] = _latents(backbone, pool.pixels[fresh])
-        indices, _, captions = pool.batch(config.batch_size)
-        drop = torch.rand(len(captions)) < config.caption_dropout
-        captions = ["" if d else c for c, d in zip(captions, drop.tolist())]
+        indices, _, drawn = pool.batch(config.batch_size)
+        drop = (torch.rand(len(drawn)) < config.caption_dropout).tolist()
+        captions = [None if d else c for c, d in zip(drawn, drop)]
         clean = latents[indices]
         noise = torch.randn_like(clean)
         timesteps = torch.randint(0, scheduler.config.num_train_timesteps, (len(indices),))
         noisy = scheduler.add_noise(clean, noise, timesteps)
-        context = text_encoder(tokenize(backbone.tokenizer, captions, clean.device))[0]
-        predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
+        ids = tokenize(backbone.tokenizer, ["" if c is None else c.text for c in captions], clean.device)
+        context = text_encoder(ids)[0]
+        grounding = None
+        if config.grounding_weight:
+            words = word_tokens(backbone.tokenizer, captions, [pool.masks[i] for i in indices], ids.shape[1])
+            with capture_attention(unet, keep_graph=True) as record:
+                predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
+            grounding = grounding_loss(record, *words)
+        else:
+            predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
         loss = _weighted_mse(predicted, noise, scheduler.alphas_cumprod[timesteps], config.snr_gamma)
+        total = loss if grounding is None else loss + config.grounding_weight * grounding
         optimiser.zero_grad(set_to_none=True)
-        loss.backward()
+        total.backward()
         torch.nn.utils.clip_grad_norm_(parameters, 1.0)
         optimiser.step()
         if (step + 1) % config.save_every == 0 or step + 1 == config.steps:
             save({"stage": "denoiser", "step": step + 1, "optimiser": optimiser.state_dict(),
                   "seconds": time.time() - began})
         log.add("denoiser", step, config.steps, float(loss.detach()), time.time() - began,
-                config.log_every)
+                config.log_every, None if grounding is None else float(grounding.detach()))
     unet.eval(), text_encoder.eval()
 
 
@@ -198,7 +225,9 @@ def pretrain(out: Path, config: PretrainConfig, echo: Callable[[str], None] = pr
     summary = out / "training.json"
     if not (out / STATE).exists() and summary.exists():
         done = json.loads(summary.read_text())
-        if done.get("done") and _comparable_dict(done.get("config", {})) == _comparable(config):
+        # settings added since that run was made count at their defaults
+        recorded = {**asdict(PretrainConfig()), **done.get("config", {})}
+        if done.get("done") and _comparable_dict(recorded) == _comparable(config):
             echo(f"{out} already holds a model trained with these settings")
             return out
     if (out / STATE).exists():
@@ -216,10 +245,12 @@ def pretrain(out: Path, config: PretrainConfig, echo: Callable[[str], None] = pr
     elif config.init_from:  # a second denoiser phase: the autoencoder and its scaling are kept
         backbone = load_pretrained(config.init_from, torch.device("cpu"), torch.float32, "shapes")
         state = {"stage": "denoiser", "step": 0}
+        if (Path(config.init_from) / "loss.csv").is_file():  # the first phase's curve travels along
+            shutil.copyfile(Path(config.init_from) / "loss.csv", out / "init_loss.csv")
     else:
         backbone = build_untrained(config.seed)
     echo(f"drawing a pool of {config.pool} scenes")
-    pool = ScenePool(IMAGE_SIZE, config.pool, config.seed + 1)
+    pool = ScenePool(IMAGE_SIZE, config.pool, config.seed + 1, backbone.unet.config.sample_size)
     log = _Log(out / "loss.csv", echo)
 
     def save(progress: dict[str, Any]) -> None:
@@ -255,4 +286,7 @@ def _write_summary(out: Path, config: PretrainConfig, state: dict[str, Any], don
                "step": state.get("step"), "denoiser_seconds": round(state.get("seconds", 0.0), 1),
                "autoencoder_seconds": round(state.get("vae_seconds", 0.0), 1), "done": done,
                "threads": torch.get_num_threads()}
+    init = Path(config.init_from) / "training.json" if config.init_from else None
+    if init is not None and init.is_file():  # the record of the phase this one continues
+        summary["init"] = json.loads(init.read_text())
     (out / "training.json").write_text(json.dumps(summary, indent=2, default=list))
