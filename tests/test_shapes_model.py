@@ -108,3 +108,18 @@ def test_shipped_checkpoint_with_other_network_settings_names_the_fix(val_root: 
                      "--out", str(tmp_path / "x"), "--no-progress")
     assert_user_error(result, "f_vpd-shapes.safetensors was trained with other network settings",
                       "--set f_vpd.decoder_width=64", "--set f_vpd.attn_resolutions=32,64")
+
+
+def test_checkpoint_trained_on_other_backbone_weights_is_refused(val_root: Path, tmp_path: Path) -> None:
+    from methods.vpd.model import SHIPPED_DIR
+
+    stale = tmp_path / "f_vpd-stale.safetensors"
+    stale.write_bytes((SHIPPED_DIR / "f_vpd-shapes.safetensors").read_bytes())
+    meta = json.loads((SHIPPED_DIR / "f_vpd-shapes.json").read_text())
+    stale.with_suffix(".json").write_text(json.dumps({**meta, "backbone": "0123456789abcdef"}))
+    settings = [arg for key in VPD_SHAPES[:2] for arg in ("--set", f"f_vpd.{key}")]
+    result = run_cli("run", "--methods", "f_vpd", "--data-root", str(val_root), "--limit", "1",
+                     *settings, "--set", "f_vpd.backbone=shapes", "--set", f"f_vpd.checkpoint={stale}",
+                     "--out", str(tmp_path / "x"), "--no-progress")
+    assert_user_error(result, "was trained on other weights of backbone 'shapes'",
+                      "fingerprint 0123456789abcdef", "retrain it")

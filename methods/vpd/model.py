@@ -285,6 +285,12 @@ class VPD:
         _check_architecture(self.method_name, config, meta.get("config", {}), config.checkpoint)
         self.config = config
         self.net = self.network(config)
+        trained_on, now = meta.get("backbone"), self.net.backbone.fingerprint
+        if trained_on and trained_on != now:  # the backbone's weights changed since training
+            raise UserError(f"checkpoint {config.checkpoint} was trained on other weights of backbone "
+                            f"{config.backbone!r} (fingerprint {trained_on}, now {now}): retrain it "
+                            f"with 'refbench train --method {self.method_name} --set "
+                            f"{self.method_name}.backbone={config.backbone} ...'")
         self.net.load_checkpoint_state(tensors)
         self.net.eval()
         self._hash = ckpt.checkpoint_hash(config.checkpoint)
