@@ -12,6 +12,8 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import lru_cache
 from pathlib import Path
@@ -105,9 +107,6 @@ def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
 
 def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name: str = "") -> Backbone:
     """Load a backbone from a diffusers-layout directory or a hub id."""
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
-
     local = Path(source).expanduser()
     is_dir = local.is_dir()
     if not is_dir and (source.startswith((".", "/", "~")) or os.sep in source.strip("/").replace("/", "", 1)):
@@ -117,11 +116,8 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
     kwargs: dict[str, Any] = {"local_files_only": offline} if not is_dir else {}
     try:
-        unet = UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kwargs)
-        vae = AutoencoderKL.from_pretrained(where, subfolder="vae", **kwargs)
-        text_encoder = CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kwargs)
-        tokenizer = AutoTokenizer.from_pretrained(where, subfolder="tokenizer", **kwargs)
-        scheduler = DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kwargs)
+        with _no_loading_bars(is_dir):
+            unet, vae, text_encoder, tokenizer, scheduler = _components(where, kwargs)
     except (OSError, ValueError) as error:
         home = os.environ.get("HF_HOME", "~/.cache/huggingface")
         looked = f"in {local}" if is_dir else f"on the hub and in the cache under {home}" + (
@@ -133,6 +129,35 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
     backbone = Backbone(name or source, unet, vae, text_encoder, tokenizer, scheduler,
                         fingerprint=_pretrained_fingerprint(local if is_dir else None, unet))
     return backbone.to(device, dtype).eval()
+
+
+def _components(where: str, kwargs: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
+    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
+    from transformers import AutoTokenizer, CLIPTextModel
+
+    return (UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kwargs),
+            AutoencoderKL.from_pretrained(where, subfolder="vae", **kwargs),
+            CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kwargs),
+            AutoTokenizer.from_pretrained(where, subfolder="tokenizer", **kwargs),
+            DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kwargs))
+
+
+@contextmanager
+def _no_loading_bars(quiet: bool) -> Iterator[None]:
+    """Hide the libraries' per-file loading bars for a local directory: a few lines of tqdm per
+    load would bury refbench's own output, and a one-line error would no longer be one line.
+    Hub loads keep them, since there they show a download's progress."""
+    from diffusers.utils import logging as diffusers_logging
+    from transformers.utils import logging as transformers_logging
+
+    libraries = [lib for lib in (diffusers_logging, transformers_logging) if quiet and lib.is_progress_bar_enabled()]
+    for lib in libraries:
+        lib.disable_progress_bar()
+    try:
+        yield
+    finally:
+        for lib in libraries:
+            lib.enable_progress_bar()
 
 
 HASHED_BYTES = 64 << 20  # weight files up to this size are hashed whole
