@@ -155,6 +155,9 @@ def test_pretrain_refuses_other_settings_in_the_same_folder(tmp_path) -> None:
     assert_user_error(result, "other settings", "--out")
     bad = run_cli("pretrain-shapes", "--out", str(tmp_path / "x"), "--pool", "8", "--batch-size", "16")
     assert_user_error(bad, "batch_size 16 exceeds the scene pool of 8", "--pool")
+    negative = run_cli("pretrain-shapes", "--out", str(tmp_path / "y"), "--grounding-weight", "-1")
+    assert_user_error(negative, "--grounding-weight must be 0 (off) or positive")
+    assert not (tmp_path / "y" / "loss.csv").exists()  # refused before any training
 
 
 def test_min_snr_weights_match_hand_computed_values() -> None:
