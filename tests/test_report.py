@@ -194,3 +194,29 @@ def test_exports_carry_the_same_cells():
     assert r"x\_1 \textsuperscript{\dag} & 50.00 {\scriptsize[48.00, 52.00]} \\" in latex
     assert r"\caption{A \& B}" in latex and r"note 100\%" in latex
 
+
+
+def test_gallery_warns_when_a_rerun_differs_from_the_scored_counts(report_site: Path, hostile_root,
+                                                                   tmp_path: Path):
+    import shutil
+    import sqlite3
+
+    root, hostile_id = hostile_root
+    warning = "the rerun differs from the scored run"
+    assert warning not in (report_site / "gallery.html").read_text()  # a faithful rerun: no note
+    store = tmp_path / "store"
+    shutil.copytree(report_site.parent / "store", store)
+    with sqlite3.connect(store / "store.sqlite") as db:  # the stored counts of one gallery sample
+        rows = db.execute("SELECT s.run_key, s.inter FROM samples s JOIN runs r USING (run_key) "
+                          "WHERE r.method = 'shared_blobs' AND s.sample_id = ?", (hostile_id,)).fetchall()
+        assert rows
+        for run_key, inter in rows:
+            bumped = (np.frombuffer(inter, dtype="<i8") + 1).astype("<i8").tobytes()
+            db.execute("UPDATE samples SET inter = ? WHERE run_key = ? AND sample_id = ?",
+                       (bumped, run_key, hostile_id))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(report_spec(root, store).replace("HOSTILE_ID", hostile_id))
+    result = run_cli("report", str(spec), "--out", str(tmp_path / "site"), "--no-progress", env=PLUGIN_ENV)
+    assert result.returncode == 0, result.stderr
+    page = (tmp_path / "site" / "gallery.html").read_text()
+    assert page.count(warning) == 1  # the tampered sample, and not the other one shown
