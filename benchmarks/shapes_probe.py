@@ -30,20 +30,18 @@ COVERED = 0.6  # a cell is labelled with the object covering at least this share
 
 def labelled_scenes(rng: np.random.Generator, count: int, size: int, cells: int):
     """Pixels (B, 3, size, size) and per-cell shape and colour labels (B, cells, cells), -1 for
-    cells no single object covers."""
-    from refbench.data.shapes import COLOURS, SHAPES, ShapesConfig, _render, _scene
-    from refbench.diffusion.latents import to_pixels
+    cells no single object covers enough, from the scenes the miniature model trains on."""
+    from refbench.data.shapes import COLOURS, SHAPES
+    from refbench.pretrain.scenes import draw_scene
 
-    config, colours = ShapesConfig(), list(COLOURS)
+    colours = list(COLOURS)
     pixels, shapes, paints = [], [], []
     for _ in range(count):
-        h, w = config.sizes[int(rng.integers(len(config.sizes)))]
-        objects = _scene(rng, int(rng.integers(2, 7)), h, w, config.min_visible)
-        pixels.append(to_pixels([_render(objects, rng, h, w)], size)[0])
-        visible = torch.from_numpy(np.stack([o.visible for o in objects])).float()
-        cover, owner = F.interpolate(visible[:, None], size=(cells, cells), mode="area")[:, 0].max(0)
-        for labels, values in ((shapes, [SHAPES.index(o.shape) for o in objects]),
-                               (paints, [colours.index(o.colour) for o in objects])):
+        scene = draw_scene(rng, size, cells)
+        pixels.append(scene.pixels)
+        cover, owner = scene.masks.max(0)
+        for labels, values in ((shapes, [SHAPES.index(shape) for shape, _ in scene.objects]),
+                               (paints, [colours.index(colour) for _, colour in scene.objects])):
             label = torch.tensor(values)[owner]
             label[cover < COVERED] = -1
             labels.append(label)

@@ -83,12 +83,12 @@ def test_gradient_reaches_the_text_encoder_and_the_cross_attention_keys() -> Non
     backbone = build_untrained(0)
     rng = np.random.default_rng(0)
     scenes = [draw_scene(rng, 64, 16) for _ in range(2)]
-    pixels = torch.stack([p for p, _, _ in scenes])
-    captions = [c for _, c, _ in scenes]
+    pixels = torch.stack([scene.pixels for scene in scenes])
+    captions = [scene.caption for scene in scenes]
     ids = tokenize(backbone.tokenizer, [c.text for c in captions], torch.device("cpu"))
     context = backbone.text_encoder(ids)[0]
     latents = backbone.vae.encode(pixels).latent_dist.mean.detach()
-    words = word_tokens(backbone.tokenizer, captions, [m for _, _, m in scenes], ids.shape[1])
+    words = word_tokens(backbone.tokenizer, captions, [scene.masks for scene in scenes], ids.shape[1])
     with capture_attention(backbone.unet, keep_graph=True) as record:
         backbone.unet(latents, torch.tensor([200, 200]), encoder_hidden_states=context)
     loss = grounding_loss(record, *words)

@@ -10,6 +10,8 @@ Each scene keeps its objects' visible masks at the latent resolution, for the gr
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -21,16 +23,26 @@ from refbench.pretrain.captions import Caption, describe
 OBJECTS = (2, 6)  # from testA's sparsest scenes to testB's most crowded
 
 
-def draw_scene(rng: np.random.Generator, size: int, mask_size: int) -> tuple[torch.Tensor, Caption, torch.Tensor]:
-    """One scene: (3, size, size) pixels in [-1, 1], its caption, and each object's visible
-    mask as the fraction of every cell of a mask_size x mask_size grid it covers."""
+@dataclass(frozen=True)
+class Scene:
+    """One drawn scene at the model's input size."""
+
+    pixels: torch.Tensor  # (3, size, size) in [-1, 1]
+    caption: Caption
+    masks: torch.Tensor  # (objects, r, r): the share of each cell of an r x r grid each object covers
+    objects: tuple[tuple[str, str], ...]  # (shape, colour) of each object, in the masks' order
+
+
+def draw_scene(rng: np.random.Generator, size: int, mask_size: int) -> Scene:
+    """One captioned scene with its objects' visible masks at mask_size x mask_size."""
     sizes = ShapesConfig().sizes
     h, w = sizes[int(rng.integers(len(sizes)))]
     objects = _scene(rng, int(rng.integers(OBJECTS[0], OBJECTS[1] + 1)), h, w, ShapesConfig().min_visible)
     image = _render(objects, rng, h, w)
     visible = torch.from_numpy(np.stack([o.visible for o in objects])).float()
     masks = F.interpolate(visible[:, None], size=(mask_size, mask_size), mode="area")[:, 0]
-    return to_pixels([image], size)[0], describe(objects, rng), masks
+    return Scene(to_pixels([image], size)[0], describe(objects, rng), masks,
+                 tuple((o.shape, o.colour) for o in objects))
 
 
 class ScenePool:
@@ -40,16 +52,17 @@ class ScenePool:
         self.size, self.mask_size = size, mask_size
         self.rng = np.random.default_rng(seed)
         drawn = [draw_scene(self.rng, size, mask_size) for _ in range(pool_size)]
-        self.pixels = torch.stack([p for p, _, _ in drawn])
-        self.captions = [c for _, c, _ in drawn]
-        self.masks = [m for _, _, m in drawn]
+        self.pixels = torch.stack([scene.pixels for scene in drawn])
+        self.captions = [scene.caption for scene in drawn]
+        self.masks = [scene.masks for scene in drawn]
         self.drawn = pool_size
 
     def refresh(self, count: int) -> list[int]:
         """Replace ``count`` random entries with new scenes; returns their indices."""
         indices = [int(i) for i in self.rng.choice(len(self.captions), size=count, replace=False)]
         for i in indices:
-            self.pixels[i], self.captions[i], self.masks[i] = draw_scene(self.rng, self.size, self.mask_size)
+            scene = draw_scene(self.rng, self.size, self.mask_size)
+            self.pixels[i], self.captions[i], self.masks[i] = scene.pixels, scene.caption, scene.masks
         self.drawn += count
         return indices
 
