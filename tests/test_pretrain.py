@@ -188,5 +188,15 @@ def test_init_from_continues_the_denoiser_and_keeps_the_autoencoder(tmp_path) ->
     # the phase it continues is on record: its summary and its loss curve
     assert summary["init"] == json.loads((first / "training.json").read_text())
     assert (second / "init_loss.csv").read_text() == (first / "loss.csv").read_text()
+    third = tmp_path / "third"  # a phase on a phase: every earlier curve is kept, oldest last
+    result = run_cli("pretrain-shapes", "--out", str(third), "--init-from", str(second), "--steps", "1",
+                     "--pool", "16", "--batch-size", "4", "--grounding-weight", "0.1", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert (third / "init_loss.csv").read_text() == (second / "loss.csv").read_text()
+    assert (third / "init_init_loss.csv").read_text() == (first / "loss.csv").read_text()
+    chain = json.loads((third / "training.json").read_text())
+    assert chain["init"]["init"] == json.loads((first / "training.json").read_text())
+    grounding = [r.split(",")[4] for r in (third / "loss.csv").read_text().splitlines()[1:]]
+    assert grounding and all(0 < float(g) < 10 for g in grounding)
     missing = run_cli("pretrain-shapes", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "none"))
     assert_user_error(missing, "not a model directory", "--init-from")

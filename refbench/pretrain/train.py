@@ -245,8 +245,8 @@ def pretrain(out: Path, config: PretrainConfig, echo: Callable[[str], None] = pr
     elif config.init_from:  # a second denoiser phase: the autoencoder and its scaling are kept
         backbone = load_pretrained(config.init_from, torch.device("cpu"), torch.float32, "shapes")
         state = {"stage": "denoiser", "step": 0}
-        if (Path(config.init_from) / "loss.csv").is_file():  # the first phase's curve travels along
-            shutil.copyfile(Path(config.init_from) / "loss.csv", out / "init_loss.csv")
+        for curve in Path(config.init_from).glob("*loss.csv"):  # earlier phases' curves travel along
+            shutil.copyfile(curve, out / f"init_{curve.name}")
     else:
         backbone = build_untrained(config.seed)
     echo(f"drawing a pool of {config.pool} scenes")
