@@ -19,7 +19,8 @@ from refbench.diffusion.plugin import SHAPES_DIR
 from tests.conftest import assert_user_error, run_cli
 
 # the settings leaderboards/refshapes.yaml uses (chosen on RefShapes train)
-DS_SHAPES = ["--set", "diffsegmenter.weights=0,0,1", "--set", "diffsegmenter.timesteps=200"]
+DS_SHAPES = ["--set", "diffsegmenter.weights=0.1,0.3,0.6", "--set", "diffsegmenter.timesteps=100",
+             "--set", "diffsegmenter.refine=false"]
 VPD_SHAPES = ["decoder_width=64", "attn_resolutions=32,64", "checkpoint=shipped", "backbone=shapes"]
 
 
@@ -81,7 +82,7 @@ def test_diffsegmenter_localises_on_shapes_and_not_on_random_weights(val_root: P
     random = _run(val_root, tmp_path / "tiny", "diffsegmenter", "--set", "diffsegmenter.backbone=tiny")
     floor = trained["full_image"]["metrics"]["mIoU"]
     shapes, tiny = _best_miou(trained["diffsegmenter"]), _best_miou(random["diffsegmenter"])
-    assert shapes > floor + 0.08, (shapes, floor)  # measured 0.21 against 0.044 on all of val
+    assert shapes > floor + 0.08, (shapes, floor)  # measured 0.36 against 0.044 on all of val
     assert tiny < floor + 0.03, (tiny, floor)  # measured 0.048: random maps sit at the floor
     assert trained["diffsegmenter"]["breakdown"]["kind"]["plain"]["n"] > 0
 
