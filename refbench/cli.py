@@ -114,6 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
                           help="min-SNR loss weighting gamma (0: plain noise-prediction MSE)")
     pretrain.add_argument("--grounding-weight", type=float, default=0.0,
                           help="weight of the grounding loss: named words attend to their objects (0: off)")
+    pretrain.add_argument("--grounding-max-t", type=_positive_int, default=1000,
+                          help="apply the grounding loss only to samples noised to a timestep below this")
+    pretrain.add_argument("--colour-rate", type=float, default=0.75,
+                          help="share of caption mentions naming the colour too (the rest: the shape alone)")
     pretrain.add_argument("--init-from", type=Path, default=None,
                           help="continue the text encoder + UNet stage from this trained model directory")
     pretrain.add_argument("--save-every", type=_positive_int, default=250)
@@ -216,6 +220,7 @@ def cmd_pretrain_shapes(args: argparse.Namespace) -> int:
                             save_every=args.save_every, threads=args.threads,
                             warmup=args.warmup, snr_gamma=args.snr_gamma,
                             grounding_weight=args.grounding_weight,
+                            grounding_max_t=args.grounding_max_t, colour_rate=args.colour_rate,
                             init_from=str(args.init_from) if args.init_from else "")
     out = pretrain(args.out, config)
     print(f"model written to {out}; use it with --set '*.backbone={out}'")

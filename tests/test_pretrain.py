@@ -65,16 +65,19 @@ def test_captions_name_every_object_with_true_colours_and_relations(seed: int) -
         if relation is not None and colour is not None and mentions[index + 1][1] is not None:
             assert _relation(matched[index], matched[index + 1]) == relation, caption
 
-def test_caption_rates_are_what_they_claim() -> None:
+@pytest.mark.parametrize("colour_rate", [None, 0.4, 0.0, 1.0])
+def test_caption_rates_are_what_they_claim(colour_rate: float | None) -> None:
     rng = np.random.default_rng(0)
     coloured = total = relations = 0
     for _ in range(400):
         objects = _scene(rng, 4, 224, 224, 0.6)
-        mentions = _parse(describe(objects, rng).text)
+        rate = {} if colour_rate is None else {"colour_rate": colour_rate}
+        mentions = _parse(describe(objects, rng, **rate).text)
         coloured += sum(m[1] is not None for m in mentions)
         total += len(mentions)
         relations += any(m[2] for m in mentions)
-    assert 0.70 < coloured / total < 0.80
+    expected = 0.75 if colour_rate is None else colour_rate
+    assert expected - 0.05 <= coloured / total <= expected + 0.05
     assert 0.15 < relations / 400 < 0.31  # 0.3, less the scenes with no clear relation
 
 
@@ -158,6 +161,10 @@ def test_pretrain_refuses_other_settings_in_the_same_folder(tmp_path) -> None:
     negative = run_cli("pretrain-shapes", "--out", str(tmp_path / "y"), "--grounding-weight", "-1")
     assert_user_error(negative, "--grounding-weight must be 0 (off) or positive")
     assert not (tmp_path / "y" / "loss.csv").exists()  # refused before any training
+    rate = run_cli("pretrain-shapes", "--out", str(tmp_path / "z"), "--colour-rate", "1.5")
+    assert_user_error(rate, "--colour-rate must be in [0, 1]")
+    late = run_cli("pretrain-shapes", "--out", str(tmp_path / "w"), "--grounding-max-t", "1001")
+    assert_user_error(late, "--grounding-max-t must be in 1..1000")
 
 
 def test_min_snr_weights_match_hand_computed_values() -> None:
@@ -198,5 +205,13 @@ def test_init_from_continues_the_denoiser_and_keeps_the_autoencoder(tmp_path) ->
     assert chain["init"]["init"] == json.loads((first / "training.json").read_text())
     grounding = [r.split(",")[4] for r in (third / "loss.csv").read_text().splitlines()[1:]]
     assert grounding and all(0 < float(g) < 10 for g in grounding)
+    # grounding only below t=1: no drawn sample (t in 0..999, 4 per step) is that clean, so the
+    # loss counts nothing, where the unrestricted run above logged a positive loss every time
+    clean = tmp_path / "clean"
+    result = run_cli("pretrain-shapes", "--out", str(clean), "--init-from", str(second), "--steps", "2",
+                     "--pool", "16", "--batch-size", "4", "--grounding-weight", "0.1",
+                     "--grounding-max-t", "1", "--threads", "1")
+    assert result.returncode == 0, result.stderr
+    assert [float(r.split(",")[4]) for r in (clean / "loss.csv").read_text().splitlines()[1:]] == [0.0]
     missing = run_cli("pretrain-shapes", "--out", str(tmp_path / "x"), "--init-from", str(tmp_path / "none"))
     assert_user_error(missing, "not a model directory", "--init-from")

@@ -3,8 +3,10 @@
 The captions are the text side of the miniature model's training pairs. They have to teach the
 words the referring expressions use: colour-and-shape names ("a red circle"), bare shape names
 ("the circle", as the plain-name expressions say), the "that is red" form, and the spatial
-relations. A quarter of the mentions drop the colour, because a text encoder that has only ever
-seen "red circle" gives "the circle" alone an embedding that attends nowhere in particular.
+relations. Some mentions drop the colour (a quarter by default, ``colour_rate``), because a text
+encoder that has only ever seen "red circle" gives "the circle" alone an embedding that attends
+nowhere in particular; and because a shape word after its colour word can find its object by the
+colour its embedding carries, only the bare mentions make the UNet tell shapes apart.
 
 Each caption also says which characters name which object (its shape word and colour word):
 the grounding loss of ``pretrain-shapes`` (``grounding.py``) needs to know where every named

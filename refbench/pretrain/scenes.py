@@ -33,25 +33,26 @@ class Scene:
     objects: tuple[tuple[str, str], ...]  # (shape, colour) of each object, in the masks' order
 
 
-def draw_scene(rng: np.random.Generator, size: int, mask_size: int) -> Scene:
-    """One captioned scene with its objects' visible masks at mask_size x mask_size."""
+def draw_scene(rng: np.random.Generator, size: int, mask_size: int, colour_rate: float = 0.75) -> Scene:
+    """One captioned scene with its objects' visible masks at mask_size x mask_size; a share
+    ``colour_rate`` of its caption's mentions name the colour as well as the shape."""
     sizes = ShapesConfig().sizes
     h, w = sizes[int(rng.integers(len(sizes)))]
     objects = _scene(rng, int(rng.integers(OBJECTS[0], OBJECTS[1] + 1)), h, w, ShapesConfig().min_visible)
     image = _render(objects, rng, h, w)
     visible = torch.from_numpy(np.stack([o.visible for o in objects])).float()
     masks = F.interpolate(visible[:, None], size=(mask_size, mask_size), mode="area")[:, 0]
-    return Scene(to_pixels([image], size)[0], describe(objects, rng), masks,
+    return Scene(to_pixels([image], size)[0], describe(objects, rng, colour_rate), masks,
                  tuple((o.shape, o.colour) for o in objects))
 
 
 class ScenePool:
     """A refreshed pool of captioned scenes to sample training batches from."""
 
-    def __init__(self, size: int, pool_size: int, seed: int, mask_size: int):
-        self.size, self.mask_size = size, mask_size
+    def __init__(self, size: int, pool_size: int, seed: int, mask_size: int, colour_rate: float = 0.75):
+        self.size, self.mask_size, self.colour_rate = size, mask_size, colour_rate
         self.rng = np.random.default_rng(seed)
-        drawn = [draw_scene(self.rng, size, mask_size) for _ in range(pool_size)]
+        drawn = [draw_scene(self.rng, size, mask_size, colour_rate) for _ in range(pool_size)]
         self.pixels = torch.stack([scene.pixels for scene in drawn])
         self.captions = [scene.caption for scene in drawn]
         self.masks = [scene.masks for scene in drawn]
@@ -61,7 +62,7 @@ class ScenePool:
         """Replace ``count`` random entries with new scenes; returns their indices."""
         indices = [int(i) for i in self.rng.choice(len(self.captions), size=count, replace=False)]
         for i in indices:
-            scene = draw_scene(self.rng, self.size, self.mask_size)
+            scene = draw_scene(self.rng, self.size, self.mask_size, self.colour_rate)
             self.pixels[i], self.captions[i], self.masks[i] = scene.pixels, scene.caption, scene.masks
         self.drawn += count
         return indices

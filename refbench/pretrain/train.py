@@ -55,6 +55,8 @@ class PretrainConfig:
     caption_dropout: float = 0.1
     snr_gamma: float = 0.0  # >0: min-SNR-gamma loss weights (Hang et al. 2023); 0: plain MSE
     grounding_weight: float = 0.0  # >0: add the grounding loss (grounding.py) with this weight
+    grounding_max_t: int = 1000  # the grounding loss counts only samples noised to t below this
+    colour_rate: float = 0.75  # share of caption mentions that name the colour beside the shape
     init_from: str = ""  # a trained model directory to continue the denoiser stage from
     save_every: int = 250
     log_every: int = 10
@@ -74,6 +76,10 @@ class PretrainConfig:
             raise UserError("pretrain-shapes: --snr-gamma must be 0 (off) or positive")
         if self.grounding_weight < 0:
             raise UserError("pretrain-shapes: --grounding-weight must be 0 (off) or positive")
+        if not 0 < self.grounding_max_t <= 1000:
+            raise UserError("pretrain-shapes: --grounding-max-t must be in 1..1000")
+        if not 0 <= self.colour_rate <= 1:
+            raise UserError("pretrain-shapes: --colour-rate must be in [0, 1]")
         if self.init_from and not (Path(self.init_from) / "model_index.json").is_file():
             raise UserError(f"pretrain-shapes: --init-from {self.init_from} is not a model "
                             f"directory (no model_index.json): give a finished pretrain-shapes --out")
@@ -194,10 +200,14 @@ def _train_denoiser(backbone: Backbone, pool: ScenePool, config: PretrainConfig,
         context = text_encoder(ids)[0]
         grounding = None
         if config.grounding_weight:
-            words = word_tokens(backbone.tokenizer, captions, [pool.masks[i] for i in indices], ids.shape[1])
+            weights, word_masks, valid = word_tokens(backbone.tokenizer, captions,
+                                                     [pool.masks[i] for i in indices], ids.shape[1])
+            # Near t=1000 the latent is noise and no attention can find the object: those
+            # samples only add noise to the grounding gradient.
+            valid = valid * (timesteps < config.grounding_max_t).float()[:, None]
             with capture_attention(unet, keep_graph=True) as record:
                 predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
-            grounding = grounding_loss(record, *words)
+            grounding = grounding_loss(record, weights, word_masks, valid)
         else:
             predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
         loss = _weighted_mse(predicted, noise, scheduler.alphas_cumprod[timesteps], config.snr_gamma)
@@ -250,7 +260,8 @@ def pretrain(out: Path, config: PretrainConfig, echo: Callable[[str], None] = pr
     else:
         backbone = build_untrained(config.seed)
     echo(f"drawing a pool of {config.pool} scenes")
-    pool = ScenePool(IMAGE_SIZE, config.pool, config.seed + 1, backbone.unet.config.sample_size)
+    pool = ScenePool(IMAGE_SIZE, config.pool, config.seed + 1, backbone.unet.config.sample_size,
+                     config.colour_rate)
     log = _Log(out / "loss.csv", echo)
 
     def save(progress: dict[str, Any]) -> None:
