@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from refbench.data.shapes import COLOURS, SHAPES, _relation, _scene
-from refbench.pretrain.captions import PREFIXES, describe
+from refbench.pretrain.captions import COLOUR_RATE, PREFIXES, describe
 from tests.conftest import assert_user_error, run_cli
 
 MENTION = re.compile(r"^(?:a |the )?(?:(?P<colour>\w+) (?P<shape>\w+)|(?P<bare>\w+)(?: that is (?P<after>\w+))?)$")
@@ -76,7 +76,7 @@ def test_caption_rates_are_what_they_claim(colour_rate: float | None) -> None:
         coloured += sum(m[1] is not None for m in mentions)
         total += len(mentions)
         relations += any(m[2] for m in mentions)
-    expected = 0.75 if colour_rate is None else colour_rate
+    expected = COLOUR_RATE if colour_rate is None else colour_rate
     assert expected - 0.05 <= coloured / total <= expected + 0.05
     assert 0.15 < relations / 400 < 0.31  # 0.3, less the scenes with no clear relation
 

@@ -195,7 +195,6 @@ def test_exports_carry_the_same_cells():
     assert r"\caption{A \& B}" in latex and r"note 100\%" in latex
 
 
-
 def test_gallery_warns_when_a_rerun_differs_from_the_scored_counts(report_site: Path, hostile_root,
                                                                    tmp_path: Path):
     import shutil

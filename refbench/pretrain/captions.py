@@ -25,6 +25,7 @@ from refbench.data.shapes import _relation
 
 PREFIXES = ("", "a photograph of ", "a picture of ", "an image of ")
 DETERMINERS = ("a ", "the ", "")
+COLOUR_RATE = 0.75  # default share of mentions naming the colour as well as the shape
 
 
 class SceneObject(Protocol):
@@ -71,7 +72,7 @@ def _mention(out: _Builder, index: int, obj: SceneObject, rng: np.random.Generat
         out.add(obj.shape, index)
 
 
-def describe(objects: Sequence[SceneObject], rng: np.random.Generator, colour_rate: float = 0.75,
+def describe(objects: Sequence[SceneObject], rng: np.random.Generator, colour_rate: float = COLOUR_RATE,
              relation_rate: float = 0.3) -> Caption:
     """One caption naming every object of a scene, in random order, maybe with a relation."""
     order = [int(i) for i in rng.permutation(len(objects))]

@@ -18,7 +18,7 @@ import torch.nn.functional as F
 
 from refbench.data.shapes import ShapesConfig, _render, _scene
 from refbench.diffusion.latents import to_pixels
-from refbench.pretrain.captions import Caption, describe
+from refbench.pretrain.captions import COLOUR_RATE, Caption, describe
 
 OBJECTS = (2, 6)  # from testA's sparsest scenes to testB's most crowded
 
@@ -33,7 +33,8 @@ class Scene:
     objects: tuple[tuple[str, str], ...]  # (shape, colour) of each object, in the masks' order
 
 
-def draw_scene(rng: np.random.Generator, size: int, mask_size: int, colour_rate: float = 0.75) -> Scene:
+def draw_scene(rng: np.random.Generator, size: int, mask_size: int,
+               colour_rate: float = COLOUR_RATE) -> Scene:
     """One captioned scene with its objects' visible masks at mask_size x mask_size; a share
     ``colour_rate`` of its caption's mentions name the colour as well as the shape."""
     sizes = ShapesConfig().sizes
@@ -49,7 +50,7 @@ def draw_scene(rng: np.random.Generator, size: int, mask_size: int, colour_rate:
 class ScenePool:
     """A refreshed pool of captioned scenes to sample training batches from."""
 
-    def __init__(self, size: int, pool_size: int, seed: int, mask_size: int, colour_rate: float = 0.75):
+    def __init__(self, size: int, pool_size: int, seed: int, mask_size: int, colour_rate: float):
         self.size, self.mask_size, self.colour_rate = size, mask_size, colour_rate
         self.rng = np.random.default_rng(seed)
         drawn = [draw_scene(self.rng, size, mask_size, colour_rate) for _ in range(pool_size)]

@@ -32,6 +32,7 @@ from refbench.diffusion.attention import capture_attention
 from refbench.diffusion.backbone import Backbone, load_pretrained
 from refbench.diffusion.prompts import tokenize
 from refbench.errors import UserError
+from refbench.pretrain.captions import COLOUR_RATE
 from refbench.pretrain.model import IMAGE_SIZE, SHAPES, build_untrained
 from refbench.pretrain.grounding import grounding_loss, word_tokens
 from refbench.pretrain.scenes import ScenePool
@@ -56,7 +57,7 @@ class PretrainConfig:
     snr_gamma: float = 0.0  # >0: min-SNR-gamma loss weights (Hang et al. 2023); 0: plain MSE
     grounding_weight: float = 0.0  # >0: add the grounding loss (grounding.py) with this weight
     grounding_max_t: int = 1000  # the grounding loss counts only samples noised to t below this
-    colour_rate: float = 0.75  # share of caption mentions that name the colour beside the shape
+    colour_rate: float = COLOUR_RATE  # share of caption mentions that name the colour beside the shape
     init_from: str = ""  # a trained model directory to continue the denoiser stage from
     save_every: int = 250
     log_every: int = 10
