@@ -82,7 +82,7 @@ def test_diffsegmenter_localises_on_shapes_and_not_on_random_weights(val_root: P
     random = _run(val_root, tmp_path / "tiny", "diffsegmenter", "--set", "diffsegmenter.backbone=tiny")
     floor = trained["full_image"]["metrics"]["mIoU"]
     shapes, tiny = _best_miou(trained["diffsegmenter"]), _best_miou(random["diffsegmenter"])
-    assert shapes > floor + 0.08, (shapes, floor)  # measured 0.368 against 0.044 on all of val
+    assert shapes > floor + 0.08, (shapes, floor)  # measured 0.371 against 0.044 on all of val
     assert tiny < floor + 0.03, (tiny, floor)  # measured 0.048: random maps sit at the floor
     assert trained["diffsegmenter"]["breakdown"]["kind"]["plain"]["n"] > 0
 
