@@ -8,6 +8,7 @@ models, so ``refbench ls`` answers instantly.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import sys
 import warnings
 from pathlib import Path
@@ -99,29 +100,31 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--set", dest="overrides", action="append", default=[], metavar="METHOD.KEY=VALUE")
     train.add_argument("--no-progress", action="store_true")
 
+    # The options left unset are left out, so that PretrainConfig's defaults are the only ones.
     pretrain = sub.add_parser("pretrain-shapes", help="train the miniature text-to-image model "
-                              "(the shapes backbone) on RefShapes scenes drawn on the fly")
+                              "(the shapes backbone) on RefShapes scenes drawn on the fly",
+                              argument_default=argparse.SUPPRESS)
     pretrain.add_argument("--out", type=Path, default=Path("runs/shapes-model"),
                           help="model directory, diffusers layout (rerun to resume)")
-    pretrain.add_argument("--seed", type=int, default=0)
-    pretrain.add_argument("--vae-steps", type=_non_negative_int, default=600)
-    pretrain.add_argument("--steps", type=_positive_int, default=3000, help="text encoder + UNet steps")
-    pretrain.add_argument("--batch-size", type=_positive_int, default=64)
-    pretrain.add_argument("--lr", type=float, default=1e-3)
-    pretrain.add_argument("--pool", type=_positive_int, default=4096, help="scenes kept in memory")
-    pretrain.add_argument("--warmup", type=_non_negative_int, default=100, help="learning-rate warmup steps")
-    pretrain.add_argument("--snr-gamma", type=float, default=0.0,
+    pretrain.add_argument("--seed", type=int)
+    pretrain.add_argument("--vae-steps", type=_non_negative_int)
+    pretrain.add_argument("--steps", type=_positive_int, help="text encoder + UNet steps")
+    pretrain.add_argument("--batch-size", type=_positive_int)
+    pretrain.add_argument("--lr", type=float)
+    pretrain.add_argument("--pool", type=_positive_int, help="scenes kept in memory")
+    pretrain.add_argument("--warmup", type=_non_negative_int, help="learning-rate warmup steps")
+    pretrain.add_argument("--snr-gamma", type=float,
                           help="min-SNR loss weighting gamma (0: plain noise-prediction MSE)")
-    pretrain.add_argument("--grounding-weight", type=float, default=0.0,
+    pretrain.add_argument("--grounding-weight", type=float,
                           help="weight of the grounding loss: named words attend to their objects (0: off)")
-    pretrain.add_argument("--grounding-max-t", type=_positive_int, default=1000,
+    pretrain.add_argument("--grounding-max-t", type=_positive_int,
                           help="apply the grounding loss only to samples noised to a timestep below this")
-    pretrain.add_argument("--colour-rate", type=float, default=0.75,
+    pretrain.add_argument("--colour-rate", type=float,
                           help="share of caption mentions naming the colour too (the rest: the shape alone)")
-    pretrain.add_argument("--init-from", type=Path, default=None,
+    pretrain.add_argument("--init-from", type=lambda value: str(Path(value)),
                           help="continue the text encoder + UNet stage from this trained model directory")
-    pretrain.add_argument("--save-every", type=_positive_int, default=250)
-    pretrain.add_argument("--threads", type=_non_negative_int, default=0, help="torch threads (0: default)")
+    pretrain.add_argument("--save-every", type=_positive_int)
+    pretrain.add_argument("--threads", type=_non_negative_int, help="torch threads (0: default)")
 
     run = sub.add_parser("run", help="evaluate methods on a dataset split")
     run.add_argument("--methods", required=True, help="comma-separated method names")
@@ -215,13 +218,8 @@ def _parameter_column(spec: Any, args: argparse.Namespace) -> str:
 def cmd_pretrain_shapes(args: argparse.Namespace) -> int:
     from refbench.pretrain.train import PretrainConfig, pretrain
 
-    config = PretrainConfig(seed=args.seed, vae_steps=args.vae_steps, steps=args.steps,
-                            batch_size=args.batch_size, lr=args.lr, pool=args.pool,
-                            save_every=args.save_every, threads=args.threads,
-                            warmup=args.warmup, snr_gamma=args.snr_gamma,
-                            grounding_weight=args.grounding_weight,
-                            grounding_max_t=args.grounding_max_t, colour_rate=args.colour_rate,
-                            init_from=str(args.init_from) if args.init_from else "")
+    names = {f.name for f in dataclasses.fields(PretrainConfig)}
+    config = PretrainConfig(**{k: v for k, v in vars(args).items() if k in names})
     out = pretrain(args.out, config)
     print(f"model written to {out}; use it with --set '*.backbone={out}'")
     return 0

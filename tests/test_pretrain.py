@@ -205,8 +205,8 @@ def test_init_from_continues_the_denoiser_and_keeps_the_autoencoder(tmp_path) ->
     assert chain["init"]["init"] == json.loads((first / "training.json").read_text())
     grounding = [r.split(",")[4] for r in (third / "loss.csv").read_text().splitlines()[1:]]
     assert grounding and all(0 < float(g) < 10 for g in grounding)
-    # grounding only below t=1: no drawn sample (t in 0..999, 4 per step) is that clean, so the
-    # loss counts nothing, where the unrestricted run above logged a positive loss every time
+    # grounding only below t=1: none of this seeded run's samples (t in 0..999, 4 per step) is at
+    # t = 0, so the loss counts nothing, where the unrestricted run above logged a positive loss
     clean = tmp_path / "clean"
     result = run_cli("pretrain-shapes", "--out", str(clean), "--init-from", str(second), "--steps", "2",
                      "--pool", "16", "--batch-size", "4", "--grounding-weight", "0.1",
