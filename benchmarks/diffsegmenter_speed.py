@@ -22,6 +22,7 @@ from refbench.data.sample import Sample  # noqa: E402
 from refbench.diffusion.latents import clear_cache, latents_and_noise  # noqa: E402
 from refbench.diffusion.prompts import encode  # noqa: E402
 from refbench.method import Batch  # noqa: E402
+from refbench.plugins import PluginHost  # noqa: E402
 
 
 def main() -> None:
@@ -30,7 +31,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=2)
     args = parser.parse_args()
     torch.set_grad_enabled(False)
-    method = DiffSegmenter(DiffSegmenterConfig(backbone=args.backbone, device="cpu"))
+    method = DiffSegmenter(DiffSegmenterConfig(backbone=args.backbone, device="cpu"), host=PluginHost())
     backbone, size = method.backbone, method.size
     image = random_image(size)
     sample = Sample("1", 1, Path("x.jpg"), size, size, "the red circle left of the blue square",

@@ -24,9 +24,10 @@ sys.path[:0] = [str(REPO), str(REPO / "tests" / "plugins")]
 os.environ.setdefault("REFBENCH_PLUGINS", "rb_testplugin")
 
 from refbench.config import parse_overrides  # noqa: E402
-from refbench.grid import GridSpec, cell_overrides, expand, params_from  # noqa: E402
+from refbench.core import Settings, compute, plan_split  # noqa: E402
+from refbench.data.source import DataSource, open_dataset  # noqa: E402
+from refbench.grid import GridSpec, check_grid, params_from  # noqa: E402
 from refbench.plugins import PluginHost  # noqa: E402
-from refbench.runner import RunOptions, plan_split, run_configs  # noqa: E402
 from refbench.store import Store  # noqa: E402
 
 
@@ -47,12 +48,11 @@ def main() -> None:
 
     host = PluginHost()
     grid = GridSpec(args.method, params_from(params), parse_overrides(fixed))
-    options = RunOptions(methods=[args.method], dataset=args.dataset, split=args.split,
-                         data_root=args.data_root, limit=args.limit, batch_size=args.batch_size,
-                         progress=False)
-    plan = plan_split(host, options)
-    spec = host.method(args.method)
-    configs = [(spec, cell_overrides(grid, values)) for values in expand(grid)]
+    settings = Settings(limit=args.limit, batch_size=args.batch_size)
+    source = DataSource(args.dataset, args.data_root)
+    plan = plan_split(open_dataset(host, source, generate=True), source.resolved_root(host),
+                      args.split, settings)
+    configs = check_grid(host, grid)
     def clear() -> None:
         """Empty every per-(image, seed) cache: separate invocations would start empty."""
         getattr(sys.modules.get("rb_testplugin"), "clear_shared", lambda: None)()
@@ -73,12 +73,12 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as tmp, Store(Path(tmp) / "store.sqlite") as store:
             start = time.perf_counter()
             if together:
-                run_configs(host, configs, [plan], store, options, together=True)
+                compute(host, configs, [plan], store, settings, together=True)
                 missed = shared_computations()
             else:  # each cell as its own invocation: nothing cached from the cell before
                 for config in configs:
                     clear()
-                    run_configs(host, [config], [plan], store, options)
+                    compute(host, [config], [plan], store, settings)
                     found = shared_computations()
                     missed = found if isinstance(found, str) else missed + found
             timings[mode] = time.perf_counter() - start

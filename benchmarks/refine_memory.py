@@ -26,10 +26,11 @@ from benchmarks._common import peak_rss_mb, print_table, random_image, reset_pea
 def capture(backbone_name: str, path: Path) -> tuple[int, int]:
     from refbench.diffusion.attention import capture_attention
     from refbench.diffusion.backbone import load_backbone
+    from refbench.plugins import PluginHost
     from refbench.diffusion.latents import latents_and_noise
     from refbench.diffusion.prompts import encode
 
-    backbone = load_backbone(backbone_name, "cpu")
+    backbone = load_backbone(backbone_name, "cpu", host=PluginHost())
     size = backbone.image_size
     latents, noise = latents_and_noise(backbone, [random_image(size)], [0], size)
     context = encode(backbone.text_encoder, backbone.tokenizer, ["a photograph of a red circle"])

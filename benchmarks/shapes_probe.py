@@ -102,9 +102,10 @@ def main() -> None:
     parser.add_argument("--test-scenes", type=int, default=150)
     args = parser.parse_args()
     from refbench.diffusion.backbone import load_backbone
+    from refbench.plugins import PluginHost
 
     torch.manual_seed(0)
-    backbone = load_backbone(args.backbone, "cpu", private=True)
+    backbone = load_backbone(args.backbone, "cpu", private=True, host=PluginHost())
     size, cells = backbone.image_size, backbone.unet.config.sample_size
     rng = np.random.default_rng(123)
     train = labelled_scenes(rng, args.train_scenes, size, cells)

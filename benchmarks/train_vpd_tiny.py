@@ -23,9 +23,9 @@ ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
 
 from benchmarks._common import print_table  # noqa: E402
+import refbench  # noqa: E402
 from refbench.config import parse_overrides  # noqa: E402
-from refbench.plugins import get_host  # noqa: E402
-from refbench.runner import RunOptions, run  # noqa: E402
+from refbench.plugins import PluginHost  # noqa: E402
 from refbench.train import TrainOptions, train  # noqa: E402
 
 
@@ -40,11 +40,12 @@ def main() -> None:
     parser.add_argument("--decoder-width", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-train"))
     args = parser.parse_args()
-    host = get_host()
+    host = PluginHost()
     rows = []
-    floor = run(host, RunOptions(methods=["full_image"], dataset="refshapes", split="val",
-                                 out=args.out / "eval", progress=False))
-    floor_oiou = floor["results"]["full_image"]["metrics"]["oIoU"]
+    store = args.out / "eval" / "store.sqlite"
+    store.parent.mkdir(parents=True, exist_ok=True)
+    floor = refbench.evaluate("full_image", "refshapes", "val", store=store, host=host, generate=True)
+    floor_oiou = floor["full_image"].metrics["oIoU"]
     for variant in args.variants.split(","):
         sets = [f"{variant}.backbone=tiny", f"{variant}.device=cpu",
                 f"{variant}.decoder_width={args.decoder_width}",
@@ -56,10 +57,9 @@ def main() -> None:
             out=args.out / variant, progress=False))
         minutes = (time.perf_counter() - started) / 60
         history = summary["history"]
-        evaluated = run(host, RunOptions(
-            methods=[variant], dataset="refshapes", split="val", out=args.out / "eval",
-            overrides=parse_overrides(sets + [f"{variant}.checkpoint={summary['checkpoint']}"]),
-            progress=False))["results"][variant]
+        evaluated = refbench.evaluate(
+            variant, "refshapes", "val", store=store, host=host,
+            set=sets + [f"{variant}.checkpoint={summary['checkpoint']}"])[variant].as_dict()
         rows.append([variant, history[-1]["val"].get("n", 0),
                      f"{sum(h['seconds_per_step'] for h in history) / len(history):.2f}",
                      f"{minutes:.1f}", f"{100 * history[-1]['val']['oIoU']:.2f}",

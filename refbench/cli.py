@@ -90,7 +90,7 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--weight-decay", type=float, default=1e-2, help="not applied to biases and norms")
     train.add_argument("--poly-power", type=float, default=0.9, help="poly schedule power")
     train.add_argument("--limit-train", type=_positive_int, default=None,
-                       help="train on the first N samples only (seed 000's subset training)")
+                       help="train on the first N samples only")
     train.add_argument("--val-split", default="holdout",
                        help="validation split; 'holdout' (default) holds out 1 in 10 training images")
     train.add_argument("--limit-val", type=_positive_int, default=200)
@@ -185,10 +185,15 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def cmd_ls(args: argparse.Namespace) -> int:
-    from refbench.plugins import get_host
+def _host(args: argparse.Namespace) -> Any:
+    """The plugin host of this command, built once here and passed down."""
+    from refbench.plugins import PluginHost
 
-    host = get_host(strict=args.strict_plugins)
+    return PluginHost(strict=args.strict_plugins)
+
+
+def cmd_ls(args: argparse.Namespace) -> int:
+    host = _host(args)
     sections = ["methods", "datasets", "backbones"] if args.what == "all" else [args.what]
     for section in sections:
         registry = getattr(host, section)
@@ -198,17 +203,17 @@ def cmd_ls(args: argparse.Namespace) -> int:
             print("  (none)")
         width = max((len(n) for n in registry), default=0)
         for name, spec in sorted(registry.items()):
-            counts = _parameter_column(spec, args) if section == "methods" and args.params else ""
+            counts = _parameter_column(host, spec, args) if section == "methods" and args.params else ""
             print(f"  {name.ljust(width)}  [{spec.plugin}]  {counts}{spec.summary}")
     for failure in host.failures.values():
         print(f"(not loaded: {failure})")
     return 0
 
 
-def _parameter_column(spec: Any, args: argparse.Namespace) -> str:
+def _parameter_column(host: Any, spec: Any, args: argparse.Namespace) -> str:
     from refbench.params import parameter_counts
 
-    counts = parameter_counts(spec, args.backbone)
+    counts = parameter_counts(host, spec, args.backbone)
     if counts is None:
         return f"{'-':>14} {'-':>14}  "
     total, trainable = counts
@@ -227,7 +232,6 @@ def cmd_pretrain_shapes(args: argparse.Namespace) -> int:
 
 def cmd_train(args: argparse.Namespace) -> int:
     from refbench.config import parse_overrides
-    from refbench.plugins import get_host
     from refbench.train import TrainOptions, train
 
     options = TrainOptions(
@@ -236,7 +240,7 @@ def cmd_train(args: argparse.Namespace) -> int:
         epochs=args.epochs, batch_size=args.batch_size, lr=args.lr, weight_decay=args.weight_decay,
         poly_power=args.poly_power, limit_train=args.limit_train, val_split=args.val_split,
         limit_val=args.limit_val, seed=args.seed, out=args.out, progress=not args.no_progress)
-    train(get_host(strict=args.strict_plugins), options)
+    train(_host(args), options)
     return 0
 
 
@@ -252,88 +256,140 @@ def cmd_make_shapes(args: argparse.Namespace) -> int:
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from refbench.config import parse_overrides
-    from refbench.plugins import get_host
-    from refbench.runner import RunOptions, run
+def _run_folder(out: Path) -> Path:
+    """The run folder, usable: a one-line error for a file in its place."""
+    if out.exists() and not out.is_dir():
+        raise UserError(f"--out {out} is a file, not a folder: pass a folder for the run")
+    out.mkdir(parents=True, exist_ok=True)
+    return out
 
+
+def _print_work(results: Any) -> None:
+    """Who computed what: this process, other writers on the same store, or earlier runs."""
+    for s in results:
+        work = s.work.as_dict(s.n)
+        print(f"{s.label}: {work['computed']} computed here, {work['computed_elsewhere']} by "
+              f"another writer, {work['reused']} reused from the store")
+
+
+def cmd_run(args: argparse.Namespace) -> int:
+    from refbench import distributed
+    from refbench.candidates import resolve_methods
+    from refbench.config import parse_overrides
+    from refbench.data.source import DataSource
+    from refbench.core import Settings, check_evaluation, run_evaluation
+    from refbench.results.calibration import Calibration
+    from refbench.results.files import write_results
+    from refbench.results.stats import StatsOptions
+    from refbench.results.tables import to_text
+    from refbench.store import Store
+
+    host = _host(args)
     methods = [m.strip() for m in args.methods.split(",") if m.strip()]
-    options = RunOptions(
-        methods=methods, dataset=args.dataset, split=args.split, data_root=args.data_root,
-        dataset_options=_dataset_options(args), limit=args.limit, batch_size=args.batch_size,
-        seed=args.seed, out=args.out, overrides=parse_overrides(args.overrides),
-        threshold=args.threshold, sweep_step=args.sweep_step,
-        progress=not args.no_progress)
-    if not 0 < args.sweep_step < 1:
-        raise UserError(f"--sweep-step must be between 0 and 1, got {args.sweep_step}")
-    run(get_host(strict=args.strict_plugins), options)
+    candidates = resolve_methods(host, methods, parse_overrides(args.overrides))
+    source = DataSource(args.dataset, args.data_root, _dataset_options(args))
+    calibration = Calibration(split=None, fixed=args.threshold)
+    settings = Settings(args.seed, args.limit, args.batch_size, args.sweep_step, not args.no_progress)
+    check_evaluation(host, source, [args.split], calibration, settings)
+    out = _run_folder(args.out or Path("runs") / f"{args.dataset}-{args.split}")
+    cluster = distributed.detect()
+    with Store(out / "store.sqlite") as store:
+        results = run_evaluation(host, candidates, source, [args.split], store=store,
+                                 settings=settings, calibration=calibration,
+                                 statistics=StatsOptions(), breakdown="kind", cluster=cluster,
+                                 generate=True)
+    if not cluster.is_main:
+        return 0
+    path = write_results(out, results.as_dict())
+    print(to_text(results.table()))
+    if (breakdown := results.breakdown_table()) is not None:
+        print("\n" + to_text(breakdown))
+    _print_work(results)
+    if args.limit is not None:
+        print(f"(--limit {args.limit}: a subset, not a real score)")
+    print(f"results: {path}")
     return 0
 
 
 def cmd_grid(args: argparse.Namespace) -> int:
-    from refbench.config import parse_overrides
-    from refbench.plugins import get_host
+    from refbench.results.tables import to_text
 
-    host = get_host(strict=args.strict_plugins)
+    host = _host(args)
     if args.spec is not None:
         if args.method or args.params:
             raise UserError("give either a spec or --method/--param, not both")
         from refbench.report.build import run_spec_grids
-        from refbench.report.exports import to_text
         from refbench.report.spec import load_spec
 
-        for table in run_spec_grids(host, load_spec(args.spec, limit=args.limit), args.no_progress):
-            print(to_text(table) + "\n")
+        tables = run_spec_grids(host, load_spec(args.spec, limit=args.limit), not args.no_progress)
+        if _is_main():
+            for table in tables:
+                print(to_text(table) + "\n")
         return 0
 
-    from refbench.grid import GridSpec, grid_payload, params_from, run_grid
-    from refbench.report.exports import to_text
-    from refbench.report.tables import ablation_table
-    from refbench.results import write_json
-    from refbench.runner import RunOptions, run_header
-    from refbench.scorecard import Calibration, StatsOptions
+    from refbench import distributed
+    from refbench.config import parse_overrides
+    from refbench.data.source import DataSource
+    from refbench.core import Settings, check_evaluation, run_evaluation
+    from refbench.grid import GridRun, GridSpec, check_grid, expand, grid_payload, params_from
+    from refbench.results.calibration import Calibration
+    from refbench.results.files import write_json
+    from refbench.results.stats import StatsOptions
+    from refbench.results.tables import ablation_table
     from refbench.store import Store
 
     if not args.method:
         raise UserError("pass --method NAME with one or more --param NAME=V1,V2 (or a spec file)")
-    if not 0 < args.sweep_step < 1:
-        raise UserError(f"--sweep-step must be between 0 and 1, got {args.sweep_step}")
     grid = GridSpec(args.method, params_from(args.params), parse_overrides(args.overrides))
-    options = RunOptions(
-        methods=[args.method], dataset=args.dataset, split=args.split, data_root=args.data_root,
-        dataset_options=_dataset_options(args), limit=args.limit, batch_size=args.batch_size,
-        seed=args.seed, out=args.out, threshold=args.threshold, sweep_step=args.sweep_step,
-        progress=not args.no_progress)
+    cells = check_grid(host, grid)
+    source = DataSource(args.dataset, args.data_root, _dataset_options(args))
     calibration = Calibration(args.calibration_split, args.criterion, args.tune_on_reported_split,
                               fixed=args.threshold)
-    out = options.out_dir()
-    out.mkdir(parents=True, exist_ok=True)
+    settings = Settings(args.seed, args.limit, args.batch_size, args.sweep_step, not args.no_progress)
+    check_evaluation(host, source, [args.split], calibration, settings)
+    out = _run_folder(args.out or Path("runs") / f"{args.dataset}-{args.split}")
+    cluster = distributed.detect()
     with Store(out / "store.sqlite") as store:
-        result = run_grid(host, grid, options, store, calibration, StatsOptions(args.resamples))
+        results = run_evaluation(host, cells, source, [args.split], store=store, settings=settings,
+                                 calibration=calibration, statistics=StatsOptions(args.resamples),
+                                 together=True, cluster=cluster, generate=True)
+    if not cluster.is_main:
+        return 0
+    result = GridRun(grid, results, expand(grid))
     table = ablation_table(f"grid-{args.method}", f"{grid.name} on {args.dataset} {args.split}",
                            list(grid.params), result.cells, args.calibration_split, 0.95)
-    payload = {**run_header(host, options, result.plan), "grid": grid_payload(result)}
-    write_json(out / f"grid-{args.method}.json", payload)
+    header = {k: v for k, v in results.as_dict().items() if k != "results"}
+    path = out / f"grid-{args.method}.json"
+    write_json(path, {**header, "grid": grid_payload(result)})
     print(to_text(table))
     if args.limit is not None:
         print(f"(--limit {args.limit}: a subset, not a real score)")
-    print(f"results: {out / f'grid-{args.method}.json'}")
+    print(f"results: {path}")
     return 0
 
 
+def _is_main() -> bool:
+    from refbench import distributed
+
+    return distributed.detect().is_main
+
+
 def cmd_report(args: argparse.Namespace) -> int:
-    from refbench.plugins import get_host
+    from refbench import distributed
     from refbench.report.build import build
-    from refbench.report.exports import to_text
     from refbench.report.gallery import build_gallery
     from refbench.report.render import render_site
     from refbench.report.spec import load_spec
+    from refbench.results.tables import to_text
     from refbench.store import Store
 
     spec = load_spec(args.spec, limit=args.limit, store=args.store)
-    host = get_host(strict=args.strict_plugins)
+    host = _host(args)
+    cluster = distributed.detect()
     with Store(spec.store / "store.sqlite") as store:
-        report = build(host, spec, store, progress=not args.no_progress)
+        report = build(host, spec, store, progress=not args.no_progress, cluster=cluster)
+        if not cluster.is_main:
+            return 0
         gallery = None
         if spec.gallery is not None:
             (split,) = [s for s in report.splits if (s.dataset.name, s.split) ==
@@ -349,11 +405,10 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_regress(args: argparse.Namespace) -> int:
-    from refbench.plugins import get_host
     from refbench.regress import regress
     from refbench.report.spec import load_spec
 
-    return regress(get_host(strict=args.strict_plugins), load_spec(args.spec), update=args.update,
+    return regress(_host(args), load_spec(args.spec), update=args.update,
                    progress=not args.no_progress)
 
 

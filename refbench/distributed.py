@@ -1,10 +1,13 @@
 """Processes and shards, on top of Hugging Face accelerate (torch.distributed underneath).
 
-``accelerate launch -m refbench run ...`` starts N processes; each evaluates one contiguous
-shard of the samples still missing from the store and writes its rows to a shard file of its
-own; the main process then merges the shards into the one store and writes results.json once.
-Shard files persist until merged, so a process that dies loses only the batch it was on, and a
-rerun (with any number of processes) merges what was left before deciding what remains.
+``accelerate launch -m refbench <command> ...`` starts N processes; in every command that
+evaluates, each process evaluates one contiguous shard of the samples still missing from the
+store and writes its rows to a shard file of its own (``<store folder>/shards/``), and the main
+process then merges the shards into the one store. Shard files persist until merged, so a
+process that dies loses only the batch it was on, and a rerun (with any number of processes)
+merges what was left before deciding what remains. Shard files, not the shared store, take the
+writes because several machines may share one folder over a network file system, where SQLite's
+locking cannot be trusted.
 """
 
 from __future__ import annotations
@@ -58,6 +61,10 @@ class Cluster:
 
         return gather_object([value])
 
+    def broadcast(self, value: Any) -> Any:
+        """The main process's ``value``, on every process."""
+        return self.gather(value)[0]
+
 
 def detect() -> Cluster:
     """Join the launched process group through accelerate, or run alone."""
@@ -85,14 +92,18 @@ def shard_groups(items: Sequence[T], rank: int, world: int, key: Any) -> list[T]
     return [item for group in groups[start:stop] for item in group]
 
 
-def new_shard_path(out: Path, rank: int) -> Path:
-    folder = out / SHARD_DIR
+def shard_folder(store_path: Path) -> Path:
+    return Path(store_path).parent / SHARD_DIR
+
+
+def new_shard_path(store_path: Path, rank: int) -> Path:
+    folder = shard_folder(store_path)
     folder.mkdir(parents=True, exist_ok=True)
     return folder / f"rank{rank}-{uuid.uuid4().hex[:8]}.sqlite"
 
 
-def pending_shards(out: Path) -> list[Path]:
-    folder = out / SHARD_DIR
+def pending_shards(store_path: Path) -> list[Path]:
+    folder = shard_folder(store_path)
     return sorted(folder.glob("*.sqlite")) if folder.is_dir() else []
 
 
@@ -112,13 +123,13 @@ class ShardWriter:
     def register_run(self, record: Any) -> None:
         self.shard.register_run(record)
 
-    def write(self, run_key: str, rows: Any, groups: Any = ()) -> None:
+    def write(self, run_key: str, rows: Any, groups: Any = (), owner: str | None = None) -> None:
         self.shard.write(run_key, rows, groups)
 
     def close(self) -> None:
         self.shard.close()
 
 
-def merge_shards(store: Any, out: Path) -> int:
-    """Merge every shard file under ``out`` into ``store``; the number of rows they held."""
-    return sum(store.merge(path) for path in pending_shards(out))
+def merge_shards(store: Any) -> int:
+    """Merge every shard file beside ``store`` into it; the number of rows they held."""
+    return sum(store.merge(path) for path in pending_shards(store.path))

@@ -1,11 +1,12 @@
 """Ablation grids: one method, the cartesian product of parameter values, one run per cell.
 
-Each cell is an ordinary run (its fingerprint includes the cell's config), so an interrupted grid
-resumes, a cell computed before (by a grid or by ``refbench run --set``) is reused, and cells
-never mix. The cells are evaluated batch-major through ``runner.evaluate``: each batch of images
-is loaded once and every cell predicts on it before the next, so work that does not depend on
-the varied parameter (a diffusion method's latents and noise, cached per sample and seed) is
-shared while it is still in cache.
+This module only expands a grid into candidates (one per cell, labelled by its values);
+evaluating them is the core's (``refbench.evaluate``), with ``together=True``: cells run
+batch-major, so each batch of images is loaded once and work that does not depend on the varied
+parameter (a diffusion method's latents and noise, cached per sample and seed) is shared while
+it is still in cache. Each cell is an ordinary run (its fingerprint includes the cell's config),
+so an interrupted grid resumes, a cell computed before (by a grid or by ``refbench run --set``)
+is reused, and cells never mix.
 """
 
 from __future__ import annotations
@@ -16,14 +17,12 @@ from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any
 
-from refbench.calibration import check_split_policy
+from refbench.candidates import Candidate, candidate, config_class
 from refbench.config import Override, config_dict
 from refbench.errors import UserError, did_you_mean
 from refbench.plugins import PluginHost
-from refbench.runner import (RunOptions, SplitPlan, config_class, plan_split, resolve_config,
-                             run_configs)
-from refbench.scorecard import Calibration, Scored, StatsOptions, choose, score
-from refbench.store import Store
+from refbench.results.scored import Scored
+from refbench.results.summary import Results
 
 
 @dataclass(frozen=True)
@@ -39,15 +38,6 @@ class GridSpec:
     @property
     def name(self) -> str:
         return f"{self.method}: " + " x ".join(self.params)
-
-
-@dataclass
-class GridCell:
-    values: dict[str, str]  # parameter -> value as given
-    scored: Scored
-
-    def label(self) -> str:
-        return cell_label(self.values)
 
 
 def cell_label(values: dict[str, str]) -> str:
@@ -83,9 +73,10 @@ def cell_overrides(grid: GridSpec, values: dict[str, str]) -> list[Override]:
     return [*grid.fixed, *(Override(grid.method, k, v) for k, v in values.items())]
 
 
-def check_grid(host: PluginHost, grid: GridSpec) -> None:
-    """Fail before computing anything: unknown method or parameter, a parameter also fixed,
-    or two values that resolve to the same config (they would be one cell)."""
+def check_grid(host: PluginHost, grid: GridSpec) -> list[Candidate]:
+    """The grid's cells as candidates, after failing on an unknown method or parameter, a
+    parameter also fixed, or two values that resolve to the same config (they would be one
+    cell). Nothing is built."""
     spec = host.method(grid.method)
     config_cls = config_class(spec)
     fields = {f.name for f in dataclasses.fields(config_cls)} if config_cls else set()
@@ -100,49 +91,40 @@ def check_grid(host: PluginHost, grid: GridSpec) -> None:
         if o.key in grid.params:
             raise UserError(f"{grid.method}.{o.key} is both varied (--param) and fixed (--set)")
     seen: dict[str, str] = {}
+    cells = []
     for values in expand(grid):
-        resolved = str(config_dict(resolve_config(spec, cell_overrides(grid, values))))
         label = cell_label(values)
+        cell = candidate(host, grid.method, cell_overrides(grid, values), label=label)
+        resolved = str(config_dict(cell.config))
         if resolved in seen:
             raise UserError(f"grid cells {seen[resolved]!r} and {label!r} are the same config: "
                             f"drop the duplicate value")
         seen[resolved] = label
+        cells.append(cell)
+    return cells
 
 
 @dataclass
 class GridRun:
+    """A finished grid: the cells' values and their figures on the reported split."""
+
     grid: GridSpec
-    plan: SplitPlan  # the reported split
-    cells: list[GridCell]
+    results: Results
+    values: list[dict[str, str]] = field(default_factory=list)
 
+    @property
+    def split(self) -> str:
+        return self.results.split_names[0]
 
-def run_grid(host: PluginHost, grid: GridSpec, options: RunOptions, store: Store,
-             calibration: Calibration, stats: StatsOptions) -> GridRun:
-    """Evaluate every cell on ``options.split`` (and on the calibration split, to choose each
-    cell's threshold), batch-major, and score them."""
-    check_grid(host, grid)
-    if calibration.split is not None:
-        check_split_policy(calibration.split, [options.split], calibration.tune_on_reported_split,
-                           f"grid {grid.name}")
-    spec = host.method(grid.method)
-    cells = expand(grid)
-    reported = plan_split(host, options)
-    plans = [reported]
-    if calibration.split not in (None, options.split):
-        plans.append(plan_split(host, dataclasses.replace(options, split=calibration.split)))
-    runs = run_configs(host, [(spec, cell_overrides(grid, v)) for v in cells], plans, store,
-                       options, together=True)
-    out = []
-    for values, per_plan in zip(cells, runs):
-        calibrating = (per_plan[-1], plans[-1]) if calibration.split is not None else None
-        threshold = choose(store, calibration, options.split, calibrating)
-        out.append(GridCell(values, score(store, per_plan[0], reported, threshold, stats)))
-    return GridRun(grid, reported, out)
+    @property
+    def cells(self) -> list[tuple[dict[str, str], Scored]]:
+        scored = self.results.on(self.split)
+        return [(values, scored[cell_label(values)]) for values in self.values]
 
 
 def grid_payload(result: GridRun) -> dict[str, Any]:
     """JSON-ready description of a finished grid."""
     grid = result.grid
     return {"method": grid.method, "params": grid.params,
-            "fixed": [f"{o.target}.{o.key}={o.raw}" for o in grid.fixed], "metric": grid.metric,
-            "cells": [{"values": c.values, **c.scored.as_dict()} for c in result.cells]}
+            "fixed": [f"{o.target}.{o.key}={o.text}" for o in grid.fixed], "metric": grid.metric,
+            "cells": [{"values": values, **scored.as_dict()} for values, scored in result.cells]}

@@ -65,7 +65,13 @@ class Prediction:
 
 @runtime_checkable
 class Method(Protocol):
-    """What a method factory returns."""
+    """What a method factory returns.
+
+    The factory (a registered ``MethodSpec``'s class) is called as ``factory(config)``, or as
+    ``factory(config, host=host)`` when it takes a ``host`` keyword: the caller's plugin host, the
+    one to load backbones and ask caption providers through. Any object with ``predict`` can
+    also be evaluated directly (``refbench.evaluate([obj], ...)``) without being registered.
+    """
 
     def predict(self, batch: Batch) -> list[Prediction]:
         """Predict one output per sample, in order."""

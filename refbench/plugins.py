@@ -1,5 +1,9 @@
 """Plugin host: loads built-in and third-party plugins and answers "which X is called NAME?".
 
+There is no process-wide host: whoever starts work (the command line, ``refbench.evaluate``, a
+test) builds one and passes it down, so a host a caller builds is the one that method
+construction, backbone loading and captions see.
+
 Plugins come from the ``refbench`` entry-point group (the built-ins included) and from the
 ``REFBENCH_PLUGINS`` environment variable (comma-separated module names, for trying a plugin
 without packaging it). A plugin that fails to import is reported and skipped so one broken
@@ -121,44 +125,26 @@ class PluginHost:
     def backbone(self, name: str) -> BackboneSpec:
         return _lookup(self.backbones, name, "backbone")
 
+    # -- captions --------------------------------------------------------------------------
+    def caption_providers(self) -> list[str]:
+        """Names of the plugins implementing ``refbench_caption`` (part of a captioning
+        method's fingerprint: a different captioner is a different experiment)."""
+        return sorted(self.pm.get_name(impl.plugin) or "?"
+                      for impl in self.pm.hook.refbench_caption.get_hookimpls())
+
+    def caption(self, expression: str, image: object, sample_id: str) -> str:
+        """The first installed caption provider's text for ``expression``."""
+        if not self.caption_providers():
+            raise UserError("captions are switched on but no installed plugin implements "
+                            "refbench_caption: install a caption plugin or set captions=false")
+        text = self.pm.hook.refbench_caption(expression=expression, image=image, sample_id=sample_id)
+        if not text:
+            raise UserError(f"the caption provider returned nothing for sample {sample_id}")
+        return str(text)
+
 
 def _lookup(registry: dict[str, Spec], name: str, what: str) -> Spec:
     try:
         return registry[name]
     except KeyError:
         raise did_you_mean(name, registry, what) from None
-
-
-_HOST: PluginHost | None = None
-
-
-def get_host(strict: bool = False) -> PluginHost:
-    """The process-wide plugin host (created on first use)."""
-    global _HOST
-    if _HOST is None or (strict and not _HOST.strict):
-        _HOST = PluginHost(strict=strict)
-    return _HOST
-
-
-def reset_host() -> None:
-    """Forget the loaded plugins (tests, and after installing a plugin in-process)."""
-    global _HOST
-    _HOST = None
-
-
-def caption_providers() -> list[str]:
-    """Names of the plugins implementing ``refbench_caption`` (part of a captioning method's
-    fingerprint: a different captioner is a different experiment)."""
-    host = get_host()
-    return sorted(host.pm.get_name(impl.plugin) or "?" for impl in host.pm.hook.refbench_caption.get_hookimpls())
-
-
-def caption(expression: str, image: object, sample_id: str) -> str:
-    """The first installed caption provider's text for ``expression``."""
-    if not caption_providers():
-        raise UserError("captions are switched on but no installed plugin implements "
-                        "refbench_caption: install a caption plugin or set captions=false")
-    text = get_host().pm.hook.refbench_caption(expression=expression, image=image, sample_id=sample_id)
-    if not text:
-        raise UserError(f"the caption provider returned nothing for sample {sample_id}")
-    return str(text)

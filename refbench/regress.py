@@ -13,19 +13,20 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
+import shutil
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from refbench import provenance
+from refbench import distributed, provenance
 from refbench.errors import UserError
 from refbench.plugins import PluginHost
 from refbench.report.build import SplitReport, run_leaderboards
-from refbench.report.exports import to_text
-from refbench.report.spec import METRICS, ReportSpec
-from refbench.report.tables import Cell, Table
-from refbench.results import timestamp, write_json
+from refbench.report.spec import ReportSpec
+from refbench.results.files import timestamp, write_json
+from refbench.results.metrics import METRIC_NAMES, SEMANTIC_MIOU
+from refbench.results.tables import Cell, Table, to_text
 from refbench.store import Store
 
 
@@ -49,9 +50,9 @@ def figures(splits: list[SplitReport]) -> dict[str, dict[str, Any]]:
     for split in splits:
         for label, scored in split.scored.items():
             values: dict[str, Any] = {"threshold": scored.threshold.label()}
-            values.update({m: round(scored.metrics[m], 6) for m in METRICS})
-            if "semantic" in scored.summary:
-                values["semantic_mIoU"] = round(scored.summary["semantic"]["mIoU"], 6)
+            values.update({m: round(scored.metrics[m], 6) for m in METRIC_NAMES})
+            if scored.semantic is not None:
+                values[SEMANTIC_MIOU] = round(scored.figure(SEMANTIC_MIOU), 6)
             out[f"{split.dataset.name}/{split.split}/{label}"] = values
     return out
 
@@ -104,10 +105,19 @@ def regress(host: PluginHost, spec: ReportSpec, update: bool = False, progress: 
     if spec.regress is None:
         raise UserError(f"{spec.path} has no 'regress:' section (baseline and tolerance)")
     baseline_path = spec.regress.baseline
-    with tempfile.TemporaryDirectory(prefix="refbench-regress-") as tmp:
-        fresh = dataclasses.replace(spec, store=Path(tmp))
-        with Store(Path(tmp) / "store.sqlite") as store:
-            current = figures(run_leaderboards(host, fresh, store, progress))
+    cluster = distributed.detect()
+    # one fresh folder, the main process's, shared by every process (under accelerate launch)
+    tmp = Path(cluster.broadcast(tempfile.mkdtemp(prefix="refbench-regress-") if cluster.is_main else None))
+    try:
+        with Store(tmp / "store.sqlite") as store:
+            current = figures(run_leaderboards(host, dataclasses.replace(spec, store=tmp), store,
+                                               progress, cluster=cluster))
+    finally:
+        cluster.barrier()
+        if cluster.is_main:
+            shutil.rmtree(tmp, ignore_errors=True)
+    if not cluster.is_main:
+        return 0
     if update:
         baseline_path.parent.mkdir(parents=True, exist_ok=True)
         write_json(baseline_path, {

@@ -5,13 +5,23 @@ dataset fingerprint, the seed and the threshold sweep. So rerunning a command re
 are skipped), a grid cell or a --limit run reuses rows another invocation computed, and nothing
 depends on a GPU rank. Every batch is one transaction: a killed process loses at most the batch
 it was computing. WAL mode lets several writers take turns without failing.
+
+Writers split the work through *claims*: before computing a batch, a writer claims its groups
+(per run) with a lease it renews while it works; another writer skips live claims and takes over
+expired ones, or at once those of a dead process on this machine. So two ``refbench run`` on one
+store compute each sample once between them, and a killed writer's batch is taken over by the
+next one.
 """
 
 from __future__ import annotations
 
 import json
+import os
+import socket
 import sqlite3
+import threading
 import time
+import uuid
 from collections.abc import Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
@@ -64,7 +74,35 @@ CREATE TABLE IF NOT EXISTS groups (
     confusion BLOB NOT NULL,
     PRIMARY KEY (run_key, group_id)
 ) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS claims (
+    run_key TEXT NOT NULL,
+    group_id TEXT NOT NULL,
+    owner TEXT NOT NULL,
+    expires REAL NOT NULL,
+    PRIMARY KEY (run_key, group_id)
+) WITHOUT ROWID;
 """
+LEASE_SECONDS = 60.0  # a claim not renewed for this long is taken over
+
+
+def new_owner() -> str:
+    """This writer's name in the claims table: host, process and a nonce."""
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+def _owner_is_dead(owner: str) -> bool:
+    """A claim of a process on this machine that no longer runs is stale at once."""
+    host, _, rest = owner.partition(":")
+    pid_text = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid_text.isdigit():
+        return False
+    try:
+        os.kill(int(pid_text), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:
+        return False
+    return False
 
 
 @dataclass(frozen=True)
@@ -116,6 +154,8 @@ def _unblob(data: bytes) -> np.ndarray:
 class Store:
     """A results store in one SQLite file."""
 
+    temporary = False  # a store deleted after the evaluation (refbench.evaluate's default)
+
     def __init__(self, path: Path | str, timeout: float = 120.0):
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
@@ -123,10 +163,11 @@ class Store:
         while True:
             try:
                 self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
+                self._check_layout()  # before anything writes: a foreign file stays untouched
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
                 self.conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
-                self._check_schema()
+                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 break
             except sqlite3.OperationalError as error:
                 # Switching to WAL needs a moment alone with the file; a second process
@@ -140,13 +181,20 @@ class Store:
                 raise UserError(f"{self.path} is not a usable refbench store ({error}): "
                                 f"point --out at another folder or delete the file") from None
 
-    def _check_schema(self) -> None:
-        row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
-        if row is None:
-            self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
-        elif int(row[0]) != SCHEMA_VERSION:
-            raise UserError(f"{self.path} has store schema {row[0]}, this refbench writes "
-                            f"{SCHEMA_VERSION}: use a new --out folder")
+    def _check_layout(self) -> None:
+        """An empty file becomes a store; a store of another layout, or any other SQLite file,
+        is refused without being modified."""
+        tables = {r[0] for r in self.conn.execute("SELECT name FROM sqlite_master WHERE type='table'")}
+        if not tables:
+            return
+        found = None
+        if "meta" in tables:
+            row = self.conn.execute("SELECT value FROM meta WHERE key='schema'").fetchone()
+            found = row[0] if row else None
+        if found != str(SCHEMA_VERSION):
+            what = f"store schema {found}" if found else "no refbench store layout"
+            raise UserError(f"{self.path} has {what}, this refbench reads and writes schema "
+                            f"{SCHEMA_VERSION}; the file was left as it is: use a new --out folder")
 
     def close(self) -> None:
         self.conn.close()
@@ -209,9 +257,15 @@ class Store:
         return {r[0] for r in self.conn.execute(
             "SELECT sample_id FROM samples WHERE run_key=?", (run_key,))}
 
-    def write(self, run_key: str, rows: Iterable[SampleRow], groups: Iterable[GroupRow] = ()) -> None:
-        """Write one batch atomically; rows already present are left as they are."""
+    def write(self, run_key: str, rows: Iterable[SampleRow], groups: Iterable[GroupRow] = (),
+              owner: str | None = None) -> None:
+        """Write one batch atomically; rows already present are left as they are. ``owner``'s
+        claims on the batch's groups are released in the same transaction."""
+        rows = list(rows)
         with self.transaction() as conn:
+            if owner is not None:
+                conn.executemany("DELETE FROM claims WHERE run_key=? AND group_id=? AND owner=?",
+                                 [(run_key, g, owner) for g in dict.fromkeys(r.group_id for r in rows)])
             conn.executemany(
                 "INSERT OR IGNORE INTO samples VALUES (?,?,?,?,?,?,?,?,?,?,?)",
                 [(run_key, r.sample_id, r.image_id, r.group_id, _blob(r.inter), _blob(r.pred_area),
@@ -273,5 +327,69 @@ class Store:
             Path(str(shard) + suffix).unlink(missing_ok=True)
         return n
 
+    # -- claims --------------------------------------------------------------------------
+    def claim(self, owner: str, wanted: Iterable[tuple[str, str, str]],
+              lease: float = LEASE_SECONDS) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
+        """Claim (run key, group) pairs for ``owner``; each comes with one sample id of the group
+        (a group is written whole, so one row tells whether it is done).
+
+        Returns (granted, held): the pairs now ``owner``'s, and those another live writer holds.
+        Pairs already done are in neither. One transaction, so two writers never both win.
+        """
+        granted: list[tuple[str, str]] = []
+        held: list[tuple[str, str]] = []
+        now = time.time()
+        with self.transaction() as conn:
+            for run_key, group_id, sample_id in wanted:
+                if conn.execute("SELECT 1 FROM samples WHERE run_key=? AND sample_id=?",
+                                (run_key, sample_id)).fetchone():
+                    continue
+                row = conn.execute("SELECT owner, expires FROM claims WHERE run_key=? AND group_id=?",
+                                   (run_key, group_id)).fetchone()
+                if row is not None and row[0] != owner and row[1] > now and not _owner_is_dead(row[0]):
+                    held.append((run_key, group_id))
+                    continue
+                conn.execute("INSERT OR REPLACE INTO claims VALUES (?,?,?,?)",
+                             (run_key, group_id, owner, now + lease))
+                granted.append((run_key, group_id))
+        return granted, held
+
+    def release(self, owner: str) -> None:
+        """Drop every claim of ``owner`` (its work is done, or it stops): others take over."""
+        with self.transaction() as conn:
+            conn.execute("DELETE FROM claims WHERE owner=?", (owner,))
+
+    def renew(self, owner: str, lease: float = LEASE_SECONDS) -> None:
+        with self.transaction() as conn:
+            conn.execute("UPDATE claims SET expires=? WHERE owner=?", (time.time() + lease, owner))
+
     def count(self, run_key: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM samples WHERE run_key=?", (run_key,)).fetchone()[0]
+
+
+class Lease:
+    """A writer's claims kept alive: a thread renews them every quarter lease on its own
+    connection, and leaving the block releases whatever is still claimed."""
+
+    def __init__(self, store: Store, lease: float = LEASE_SECONDS):
+        self.store, self.lease = store, lease
+        self.owner = new_owner()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._renew, daemon=True)
+
+    def _renew(self) -> None:
+        renewer = Store(self.store.path)
+        try:
+            while not self._stop.wait(self.lease / 4):
+                renewer.renew(self.owner, self.lease)
+        finally:
+            renewer.close()
+
+    def __enter__(self) -> Lease:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+        self.store.release(self.owner)

@@ -16,7 +16,6 @@ compare a digest of their weights, which must agree.
 from __future__ import annotations
 
 import hashlib
-import json
 import re
 import sys
 import time
@@ -27,16 +26,17 @@ from typing import Any
 import numpy as np
 
 from refbench import checkpoint as ckpt
-from refbench.config import Override, build_config, config_dict
+from refbench.candidates import resolve_config
+from refbench.config import Override, config_dict
 from refbench.data.images import load_rgb
-from refbench.data.sample import Sample
+from refbench.data.sample import Sample, group_batches
+from refbench.data.source import DataSource, open_dataset
 from refbench.errors import UserError
 from refbench.method import Batch, sample_seed
-from refbench.metrics import summarize
 from refbench.plugins import PluginHost
-from refbench.results import write_json
-from refbench.runner import batches, open_dataset
-from refbench.scoring import score_batch
+from refbench.results.files import write_json
+from refbench.results.metrics import summarize
+from refbench.results.scoring import score_batch
 from refbench.specs import resolve
 
 HOLDOUT = "holdout"
@@ -88,7 +88,7 @@ def split_samples(dataset: Any, options: TrainOptions) -> tuple[list[Sample], li
     else:
         val = dataset.samples(options.val_split)
     if options.limit_train is not None:
-        train = train[: options.limit_train]  # the first samples, as seed 000's subset
+        train = train[: options.limit_train]  # the first samples, as the F-VPD write-up's subsets
     if options.limit_val is not None:
         val = val[: options.limit_val]
     if not train:
@@ -104,7 +104,7 @@ def _load_batch(samples: list[Sample], seed: int) -> Batch:
 def validate(net: Any, samples: list[Sample], batch_size: int, seed: int) -> dict[str, float]:
     """oIoU/mIoU at threshold 0.5 on the validation samples."""
     inter, union = [], []
-    for chunk in batches(samples, batch_size):
+    for chunk in group_batches(samples, batch_size):
         rows, _ = score_batch(chunk, net.predict(_load_batch(chunk, seed)), "validation", (0.5,))
         inter += [int(r.inter[0]) for r in rows]
         union += [int(r.pred_area[0] + r.gt_area - r.inter[0]) for r in rows]
@@ -134,10 +134,11 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
         if getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     factory = resolve(spec.factory)
-    config = build_config(factory.Config, spec.name, options.overrides)
+    config = resolve_config(spec, options.overrides)
     resolved = config_dict(config)
     resolved.pop("checkpoint", None)
-    dataset = open_dataset(host, options.dataset, options.data_root, options.dataset_options)
+    dataset = open_dataset(host, DataSource(options.dataset, options.data_root,
+                                            options.dataset_options), generate=True)
     train_samples, val_samples = split_samples(dataset, options)
 
     from accelerate import Accelerator
@@ -146,7 +147,7 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(options.seed)
-    net = factory.network(config)
+    net = factory.network(config, host)
     optimizer = torch.optim.AdamW(net.parameter_groups(options.weight_decay), lr=options.lr)
     batches_per_epoch = -(-len(train_samples) // options.batch_size)
     steps_per_epoch = batches_per_epoch // world  # every process takes as many steps
@@ -186,7 +187,7 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
     for epoch in range(start_epoch, options.epochs + 1):
         model.train()
         order = np.random.default_rng([options.seed, epoch]).permutation(len(train_samples))
-        epoch_batches = list(batches([train_samples[i] for i in order], options.batch_size))
+        epoch_batches = list(group_batches([train_samples[i] for i in order], options.batch_size))
         mine = epoch_batches[rank::world][:steps_per_epoch]
         started, losses = time.perf_counter(), []
         with tqdm(total=steps_per_epoch, desc=f"{spec.name} epoch {epoch}/{options.epochs}",

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from refbench.data.shapes import ShapesConfig, generate
-from refbench.plugins import reset_host
+from refbench.plugins import PluginHost
 
 SMALL = {"train": 6, "val": 8, "testA": 3, "testB": 3}
 # No test may reach a model hub: this machine and CI have no network.
@@ -28,10 +28,16 @@ def shapes_root(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_backbone():
+def host() -> PluginHost:
+    """The built-in plugins (no REFBENCH_PLUGINS): what a bare installation sees."""
+    return PluginHost()
+
+
+@pytest.fixture(scope="session")
+def tiny_backbone(host):
     from refbench.diffusion.backbone import load_backbone
 
-    return load_backbone("tiny", "cpu")
+    return load_backbone("tiny", "cpu", host=host)
 
 
 @pytest.fixture
@@ -43,11 +49,8 @@ def shapes_copy(shapes_root: Path, tmp_path: Path) -> Path:
 
 
 @pytest.fixture(autouse=True)
-def _fresh_plugins(monkeypatch: pytest.MonkeyPatch):
+def _no_env_plugins(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.delenv("REFBENCH_PLUGINS", raising=False)
-    reset_host()
-    yield
-    reset_host()
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,

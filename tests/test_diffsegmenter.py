@@ -16,6 +16,7 @@ from refbench.data.refer import ReferDataset
 from refbench.diffusion.prompts import align, encode
 from refbench.errors import UserError
 from refbench.method import Batch, sample_seed
+from refbench.plugins import PluginHost
 from tests.conftest import REPO, assert_user_error, run_cli
 
 TINY = dict(backbone="tiny", device="cpu")
@@ -35,12 +36,15 @@ def val_samples(shapes_root: Path):
     return ReferDataset(shapes_root, "refshapes").samples("val")
 
 
+HOST = PluginHost()
+
+
 def _methods(alpha=0.7):
     return {
-        "base": DiffSegmenter(DiffSegmenterConfig(**TINY)),
-        "ncr": DiffSegmenterNCR(DiffSegmenterConfig(**TINY)),
-        "uea": DiffSegmenterUEA(BindingConfig(**TINY, alpha=alpha)),
-        "ab": DiffSegmenterAB(BindingConfig(**TINY, alpha=alpha)),
+        "base": DiffSegmenter(DiffSegmenterConfig(**TINY), host=HOST),
+        "ncr": DiffSegmenterNCR(DiffSegmenterConfig(**TINY), host=HOST),
+        "uea": DiffSegmenterUEA(BindingConfig(**TINY, alpha=alpha), host=HOST),
+        "ab": DiffSegmenterAB(BindingConfig(**TINY, alpha=alpha), host=HOST),
     }
 
 
@@ -99,7 +103,7 @@ def test_binding_changes_maps_with_modifiers(val_samples):
 
 
 def test_batch_size_does_not_change_maps(val_samples):
-    method = DiffSegmenterAB(BindingConfig(**TINY))
+    method = DiffSegmenterAB(BindingConfig(**TINY), host=HOST)
     samples = val_samples[:3]
     together = method.predict(_batch(samples))
     from refbench.diffusion.latents import clear_cache
@@ -113,26 +117,26 @@ def test_overlong_prompt(val_samples):
     long_expression = " ".join(["big"] * 80) + " red circle"
     batch = _batch(val_samples[:1], [long_expression])
     with pytest.raises(UserError, match="over the model's 77"):
-        DiffSegmenter(DiffSegmenterConfig(**TINY)).predict(batch)
-    out = DiffSegmenter(DiffSegmenterConfig(**TINY, overlong="truncate")).predict(batch)[0]
+        DiffSegmenter(DiffSegmenterConfig(**TINY), host=HOST).predict(batch)
+    out = DiffSegmenter(DiffSegmenterConfig(**TINY, overlong="truncate"), host=HOST).predict(batch)[0]
     assert out.info["truncated"] == 1 and out.info["target_lost"] == 1
 
 
 def test_caption_provider_hook(val_samples, monkeypatch):
-    from refbench.plugins import reset_host
     batch = _batch(val_samples[:1], ["the red circle"])
     with pytest.raises(UserError, match="no installed plugin implements refbench_caption"):
-        DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True)).predict(batch)
+        DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True), host=HOST).predict(batch)
     monkeypatch.syspath_prepend(str(REPO / "tests" / "plugins"))
     monkeypatch.setenv("REFBENCH_PLUGINS", "rb_captioner")
-    reset_host()
-    captioned = DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True))
-    plain = DiffSegmenter(DiffSegmenterConfig(**TINY))
+    host = PluginHost()  # the caller's host is the one the method asks for captions
+    captioned = DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True), host=host)
+    plain = DiffSegmenter(DiffSegmenterConfig(**TINY), host=host)
     assert "captions:rb_captioner" in captioned.weights_fingerprint()
     a, b = captioned.predict(batch)[0], plain.predict(batch)[0]
     assert not np.array_equal(a.scores, b.scores)
 
 
+@pytest.mark.slow
 def test_cli_end_to_end_referring_and_semantic(shapes_root: Path, tmp_path: Path):
     out = tmp_path / "ref"
     result = run_cli("run", "--methods", "diffsegmenter,diffsegmenter_ab", "--data-root", str(shapes_root),
@@ -155,6 +159,7 @@ def test_cli_end_to_end_referring_and_semantic(shapes_root: Path, tmp_path: Path
     assert 0 < semantic["semantic"]["mIoU"] < 1 and len(semantic["semantic_sweep"]) == 19
 
 
+@pytest.mark.slow
 def test_bad_weights_length(shapes_root: Path, tmp_path: Path):
     result = run_cli("run", "--methods", "diffsegmenter", "--data-root", str(shapes_root),
                      "--set", "*.backbone=tiny", "--set", "diffsegmenter.weights=0.5,0.5",

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from refbench.plugins import PluginHost
 from refbench.diffusion.attention import capture_attention
 from refbench.diffusion.backbone import load_pretrained
 from refbench.diffusion.bpe import build_files
@@ -39,6 +40,7 @@ def test_save_and_load_back_by_path_gives_same_outputs(tiny_backbone, tmp_path: 
     assert loaded.image_size == tiny_backbone.image_size == 256
 
 
+@pytest.mark.slow
 def test_missing_hub_model_is_one_line(shapes_root: Path, tmp_path: Path):
     result = run_cli("run", "--methods", "diffsegmenter", "--data-root", str(shapes_root), "--out",
                      str(tmp_path), "--limit", "1", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
@@ -53,7 +55,7 @@ def test_dtype_needs_cuda():
     from refbench.diffusion.backbone import load_backbone
 
     with pytest.raises(UserError, match="needs a CUDA device"):
-        load_backbone("tiny", "cpu", "fp16")
+        load_backbone("tiny", "cpu", "fp16", host=PluginHost())
 
 
 def test_capture_leaves_outputs_and_processors_unchanged(tiny_backbone):

@@ -54,6 +54,7 @@ def test_shards_tile_the_groups_exactly(world):
             assert not {g for g, _ in a} & {g for g, _ in b}
 
 
+@pytest.mark.slow
 def test_two_processes_equal_one_exactly(shapes_root: Path, tmp_path: Path):
     args = ["run", "--methods", "noise_blobs,gt_box", "--data-root", str(shapes_root),
             "--limit", "7", "--batch-size", "2", "--no-progress"]
@@ -73,6 +74,7 @@ def test_two_processes_equal_one_exactly(shapes_root: Path, tmp_path: Path):
     assert two.stdout.count("results:") == 1  # the main process alone reports
 
 
+@pytest.mark.slow
 def test_resume_with_another_number_of_processes(shapes_root: Path, tmp_path: Path):
     out = tmp_path / "run"
     base = ["run", "--methods", "noise_blobs", "--data-root", str(shapes_root), "--no-progress",
@@ -84,6 +86,7 @@ def test_resume_with_another_number_of_processes(shapes_root: Path, tmp_path: Pa
     assert (res["reused"], res["computed"], res["n"]) == (5, 6, 11)
 
 
+@pytest.mark.slow
 def test_a_killed_process_loses_at_most_its_batch(shapes_root: Path, tmp_path: Path):
     out = tmp_path / "run"
     args = ["run", "--methods", "noise_blobs", "--data-root", str(shapes_root), "--batch-size", "1",
@@ -110,6 +113,7 @@ def test_a_killed_process_loses_at_most_its_batch(shapes_root: Path, tmp_path: P
     assert _results(tmp_path / "clean")["results"]["noise_blobs"]["sweep"] == res["sweep"]
 
 
+@pytest.mark.slow
 def test_ddp_training_keeps_processes_in_sync(shapes_root: Path, tmp_path: Path):
     out = tmp_path / "train"
     result = launch(2, "train", "--method", "lora_vpd", "--data-root", str(shapes_root),
@@ -122,3 +126,43 @@ def test_ddp_training_keeps_processes_in_sync(shapes_root: Path, tmp_path: Path)
     assert summary["processes"] == 2 and epoch["processes"] == 2
     assert len(epoch["weight_digests"]) == 2 and epoch["weights_in_sync"]
     assert (out / "checkpoints" / "epoch_1.safetensors").exists()
+
+
+@pytest.mark.slow
+def test_grid_with_two_processes_equals_one(shapes_root: Path, tmp_path: Path):
+    args = ["grid", "--method", "noise_blobs", "--param", "cells=2,4", "--data-root",
+            str(shapes_root), "--split", "testB", "--calibration-split", "val", "--limit", "9",
+            "--batch-size", "2", "--resamples", "200", "--no-progress"]
+    two = launch(2, *args, "--out", str(tmp_path / "two"))
+    assert two.returncode == 0, two.stderr[-2000:]
+    one = run_cli(*args, "--out", str(tmp_path / "one"), env=PLUGINS)
+    assert one.returncode == 0, one.stderr
+    a, b = (json.loads((tmp_path / o / "grid-noise_blobs.json").read_text()) for o in ("two", "one"))
+    assert a["processes"] == 2 and b["processes"] == 1
+    for x, y in zip(a["grid"]["cells"], b["grid"]["cells"]):
+        assert x["computed"] == y["computed"] == x["n"]  # the two processes computed it all
+        for key in ("metrics", "sweep", "threshold", "intervals", "run_key"):
+            assert x[key] == y[key], key
+    assert two.stdout.count("results:") == 1
+
+
+@pytest.mark.slow
+def test_report_with_two_processes_equals_one(shapes_root: Path, tmp_path: Path):
+    from tests.conftest import report_spec
+
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(report_spec(shapes_root, tmp_path / "unused", gallery="gallery:\n  samples: 2\n")
+                    + "limit: 9\n")
+    sites = {}
+    for n in (2, 1):
+        store, site = tmp_path / f"store{n}", tmp_path / f"site{n}"
+        args = ["report", str(spec), "--store", str(store), "--out", str(site), "--no-progress"]
+        result = launch(2, *args) if n == 2 else run_cli(*args, env=PLUGINS)
+        assert result.returncode == 0, result.stderr[-2000:]
+        sites[n] = site
+    tables = sorted(p.name for p in (sites[1] / "tables").glob("*.csv"))
+    assert len(tables) >= 5
+    for name in tables:
+        assert (sites[2] / "tables" / name).read_text() == (sites[1] / "tables" / name).read_text(), name
+    gallery = lambda site: sorted(p.name for p in (site / "img").rglob("*.jpg"))  # noqa: E731
+    assert gallery(sites[2]) == gallery(sites[1]) and gallery(sites[1])

@@ -9,11 +9,14 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from refbench.candidates import candidate
 from refbench.config import Override
-from refbench.grid import GridSpec, expand, params_from, run_grid
+from refbench.core import Settings, compute, plan_split, run_evaluation
+from refbench.data.source import DataSource, open_dataset
+from refbench.grid import GridRun, GridSpec, check_grid, expand, params_from
 from refbench.plugins import PluginHost
-from refbench.runner import RunOptions, plan_split, run_configs
-from refbench.scorecard import Calibration, StatsOptions
+from refbench.results.calibration import Calibration
+from refbench.results.stats import StatsOptions
 from refbench.store import Store
 from tests.conftest import REPO, assert_user_error, report_spec, run_cli
 
@@ -71,10 +74,6 @@ def test_grid_resumes_cell_by_cell(shapes_root: Path, tmp_path: Path):
     assert all(c["computed"] == 0 for c in _cells(out, "noise_blobs")), again.stderr
 
 
-def _overrides(values: dict[str, str]) -> list[Override]:
-    return [Override("shared_blobs", k, v) for k, v in values.items()]
-
-
 @pytest.fixture
 def shared_plugin(monkeypatch: pytest.MonkeyPatch):
     monkeypatch.syspath_prepend(PLUGIN_PATH)
@@ -86,22 +85,25 @@ def shared_plugin(monkeypatch: pytest.MonkeyPatch):
     rb_testplugin.clear_shared()
 
 
+def _plan(host: PluginHost, root: Path, split: str, settings: Settings):
+    source = DataSource("refshapes", root)
+    return plan_split(open_dataset(host, source), root, split, settings)
+
+
 def test_batch_major_shares_the_cached_work(shapes_root: Path, tmp_path: Path, shared_plugin):
     host = PluginHost()
-    options = RunOptions(methods=["shared_blobs"], dataset="refshapes", split="val",
-                         data_root=shapes_root, batch_size=4, progress=False)
-    plan = plan_split(host, options)
+    settings = Settings(batch_size=4)
+    plan = _plan(host, shapes_root, "val", settings)
     assert len(plan.samples) > shared_plugin.SHARED_CACHE_SIZE  # the cache cannot hold a split
-    spec = host.method("shared_blobs")
     grid = GridSpec("shared_blobs", {"alpha": ["0.2", "0.6", "1.0"]})
-    configs = [(spec, [*grid.fixed, *_overrides(values)]) for values in expand(grid)]
+    cells = check_grid(host, grid)
 
     with Store(tmp_path / "together.sqlite") as store:
-        together = run_configs(host, configs, [plan], store, options, together=True)
+        together = compute(host, cells, [plan], store, settings, together=True)
     computed_together = shared_plugin.SHARED_CALLS["computed"]
     shared_plugin.clear_shared()
     with Store(tmp_path / "apart.sqlite") as store:
-        apart = run_configs(host, configs, [plan], store, options, together=False)
+        apart = compute(host, cells, [plan], store, settings, together=False)
     computed_apart = shared_plugin.SHARED_CALLS["computed"]
 
     images = len(plan.samples)  # one entry per (image, seed): seeds are per sample
@@ -119,28 +121,32 @@ def test_batch_major_shares_the_cached_work(shapes_root: Path, tmp_path: Path, s
 def test_calibrated_threshold_is_the_argmax_on_the_calibration_split(
         shapes_root: Path, tmp_path: Path, shared_plugin):
     host = PluginHost()
-    options = RunOptions(methods=["shared_blobs"], dataset="refshapes", split="testB",
-                         data_root=shapes_root, progress=False)
+    settings = Settings()
     grid = GridSpec("shared_blobs", {"alpha": ["0.3", "0.9"]})
     with Store(tmp_path / "s.sqlite") as store:
-        result = run_grid(host, grid, options, store, Calibration("val"), StatsOptions(200))
-        val = plan_split(host, RunOptions(["shared_blobs"], "refshapes", "val", data_root=shapes_root))
-        for cell in result.cells:
+        results = run_evaluation(host, check_grid(host, grid), DataSource("refshapes", shapes_root),
+                                 ["testB"], store=store, settings=settings,
+                                 calibration=Calibration("val"), statistics=StatsOptions(200),
+                                 together=True)
+        result = GridRun(grid, results, expand(grid))
+        val = _plan(host, shapes_root, "val", settings)
+        reported = results.samples["testB"]
+        for values, scored in result.cells:
             # independently: run the cell on val, compute mIoU per threshold by hand, take argmax
-            (runs,) = run_configs(host, [(host.method("shared_blobs"), _overrides(cell.values))],
-                                  [val], store, options)
+            overrides = [Override("shared_blobs", k, v) for k, v in values.items()]
+            (runs,) = compute(host, [candidate(host, "shared_blobs", overrides)], [val], store, settings)
             rows = {r.sample_id: r for r in store.rows(runs[0].record.run_key)}
             ious = np.array([[_iou(rows[s.sample_id], k) for k in range(len(val.thresholds))]
                              for s in val.samples])
             best = val.thresholds[int(np.argmax(ious.mean(0)))]
-            assert cell.scored.threshold.value == best
-            assert cell.scored.threshold.calibration_split == "val"
-            assert not cell.scored.threshold.tuned_on_reported
+            assert scored.threshold.value == best
+            assert scored.threshold.calibration_split == "val"
+            assert not scored.threshold.tuned_on_reported
             # and it is applied unchanged on the reported split
-            k = result.plan.thresholds.index(best)
-            test_rows = {r.sample_id: r for r in store.rows(cell.scored.run.record.run_key)}
-            expected = np.mean([_iou(test_rows[s.sample_id], k) for s in result.plan.samples])
-            assert cell.scored.metrics["mIoU"] == pytest.approx(expected)
+            k = val.thresholds.index(best)
+            test_rows = {r.sample_id: r for r in store.rows(scored.run_key)}
+            expected = np.mean([_iou(test_rows[s.sample_id], k) for s in reported])
+            assert scored.metrics["mIoU"] == pytest.approx(expected)
 
 
 def _iou(row, k: int) -> float:

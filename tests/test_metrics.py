@@ -7,8 +7,9 @@ import pytest
 from pycocotools import mask as mask_utils
 
 from refbench.data.masks import encode
-from refbench.metrics import (DEFAULT_THRESHOLDS, confusion_miou, image_confusion, iou,
-                              score_map_stats, summarize, sweep_thresholds)
+from refbench.results.metrics import confusion_miou, iou, summarize
+from refbench.results.scoring import (DEFAULT_THRESHOLDS, image_confusion, score_map_stats,
+                                      sweep_thresholds)
 
 
 def test_default_sweep_is_clean_decimals():

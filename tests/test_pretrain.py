@@ -10,6 +10,7 @@ import numpy as np
 import pytest
 import torch
 
+from refbench.plugins import PluginHost
 from refbench.data.shapes import COLOURS, SHAPES, _relation, _scene
 from refbench.pretrain.captions import COLOUR_RATE, PREFIXES, describe
 from tests.conftest import assert_user_error, run_cli
@@ -85,6 +86,7 @@ SMALL = ("--vae-steps", "2", "--steps", "3", "--pool", "32", "--batch-size", "4"
          "--save-every", "2", "--threads", "1")
 
 
+@pytest.mark.slow
 def test_pretrain_writes_a_diffusers_directory_that_loads_and_is_reproducible(tmp_path) -> None:
     from refbench.diffusion.backbone import load_backbone
 
@@ -107,7 +109,7 @@ def test_pretrain_writes_a_diffusers_directory_that_loads_and_is_reproducible(tm
     for part in ("unet", "vae", "text_encoder"):
         name = "model.safetensors" if part == "text_encoder" else "diffusion_pytorch_model.safetensors"
         assert (first / part / name).read_bytes() == (second / part / name).read_bytes(), part
-    backbone = load_backbone(str(first), "cpu")
+    backbone = load_backbone(str(first), "cpu", host=PluginHost())
     assert backbone.image_size == 64 and backbone.vae.config.scaling_factor != 1.0
     from refbench.diffusion.presets import small_tokenizer
 
@@ -124,6 +126,7 @@ def test_pretrain_writes_a_diffusers_directory_that_loads_and_is_reproducible(tm
     assert older.returncode == 0 and "already holds" in older.stdout
 
 
+@pytest.mark.slow
 def test_pretrain_resumes_from_its_last_save(tmp_path) -> None:
     from refbench.pretrain.train import STATE, PretrainConfig, pretrain
 
@@ -147,6 +150,7 @@ def _interrupt_at(line: str):
     return echo
 
 
+@pytest.mark.slow
 def test_pretrain_refuses_other_settings_in_the_same_folder(tmp_path) -> None:
     from refbench.pretrain.train import PretrainConfig, pretrain
 
@@ -178,6 +182,7 @@ def test_min_snr_weights_match_hand_computed_values() -> None:
     assert float(_weighted_mse(predicted, noise, alphas_cumprod, 5.0)) == pytest.approx((0.5 + 2) / 2)
 
 
+@pytest.mark.slow
 def test_init_from_continues_the_denoiser_and_keeps_the_autoencoder(tmp_path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli("pretrain-shapes", "--out", str(first), *SMALL).returncode == 0

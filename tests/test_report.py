@@ -15,7 +15,7 @@ import pytest
 from refbench.data.masks import decode
 from refbench.data.refer import ReferDataset
 from refbench.report.exports import to_latex, to_markdown
-from refbench.report.tables import Cell, Table
+from refbench.results.tables import Cell, Table
 from tests.conftest import HOSTILE_LABEL, PLUGIN_ENV, assert_user_error, report_spec, run_cli
 
 

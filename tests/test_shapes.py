@@ -58,12 +58,12 @@ def test_layout_and_expression_kinds(shapes_root: Path):
 
 
 def test_attribute_subset_is_exactly_the_attribute_sentences(shapes_root: Path):
-    from refbench.plugins import get_host
-    from refbench.runner import open_dataset
+    from refbench.data.source import DataSource, open_dataset
+    from refbench.plugins import PluginHost
 
-    host = get_host()
-    full = open_dataset(host, "refshapes", shapes_root)
-    subset = open_dataset(host, "refshapes-attribute", shapes_root)
+    host = PluginHost()
+    full = open_dataset(host, DataSource("refshapes", shapes_root))
+    subset = open_dataset(host, DataSource("refshapes-attribute", shapes_root))
     for split in ("val", "testB"):
         expected = [s.sample_id for s in full.samples(split) if s.meta["kind"] == "attribute"]
         assert expected and [s.sample_id for s in subset.samples(split)] == expected

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from refbench.plugins import PluginHost
 from refbench.data.shapes import ShapesConfig, generate
 from refbench.diffusion.plugin import SHAPES_DIR
 from tests.conftest import assert_user_error, run_cli
@@ -65,8 +66,9 @@ def test_preset_and_directory_load_the_same_weights_through_from_pretrained() ->
 
     from refbench.diffusion.backbone import load_backbone
 
-    by_name = load_backbone("shapes", "cpu", private=True)
-    by_dir = load_backbone(str(SHAPES_DIR), "cpu", private=True)
+    host = PluginHost()
+    by_name = load_backbone("shapes", "cpu", private=True, host=host)
+    by_dir = load_backbone(str(SHAPES_DIR), "cpu", private=True, host=host)
     assert isinstance(by_name.unet, UNet2DConditionModel) and isinstance(by_name.vae, AutoencoderKL)
     assert isinstance(by_name.text_encoder, CLIPTextModel)
     assert any(name.endswith("attn2") for name, _ in by_name.unet.named_modules())  # cross-attention
@@ -76,6 +78,7 @@ def test_preset_and_directory_load_the_same_weights_through_from_pretrained() ->
     assert by_name.tokenizer.decode(ids, skip_special_tokens=True) == "a red triangle left of a blue circle"
 
 
+@pytest.mark.slow
 def test_diffsegmenter_localises_on_shapes_and_not_on_random_weights(val_root: Path, tmp_path: Path) -> None:
     trained = _run(val_root, tmp_path / "shapes", "diffsegmenter,full_image",
                    "--set", "diffsegmenter.backbone=shapes", *DS_SHAPES)
@@ -87,6 +90,7 @@ def test_diffsegmenter_localises_on_shapes_and_not_on_random_weights(val_root: P
     assert trained["diffsegmenter"]["breakdown"]["kind"]["plain"]["n"] > 0
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["vpd", "f_vpd", "lora_vpd"])
 def test_shipped_vpd_checkpoints_beat_the_full_image_floor(method: str, val_root: Path, tmp_path: Path) -> None:
     settings = [arg for key in VPD_SHAPES for arg in ("--set", f"{method}.{key}")]
@@ -95,6 +99,7 @@ def test_shipped_vpd_checkpoints_beat_the_full_image_floor(method: str, val_root
     assert trained > floor + 0.1, (trained, floor)
 
 
+@pytest.mark.slow
 def test_a_backbone_without_a_shipped_checkpoint_is_one_line(val_root: Path, tmp_path: Path) -> None:
     result = run_cli("run", "--methods", "f_vpd", "--data-root", str(val_root), "--limit", "1",
                      "--set", "f_vpd.backbone=tiny", "--set", "f_vpd.checkpoint=shipped",
@@ -103,6 +108,7 @@ def test_a_backbone_without_a_shipped_checkpoint_is_one_line(val_root: Path, tmp
                       "--set f_vpd.checkpoint=PATH")
 
 
+@pytest.mark.slow
 def test_shipped_checkpoint_with_other_network_settings_names_the_fix(val_root: Path, tmp_path: Path) -> None:
     result = run_cli("run", "--methods", "f_vpd", "--data-root", str(val_root), "--limit", "1",
                      "--set", "f_vpd.backbone=shapes", "--set", "f_vpd.checkpoint=shipped",
@@ -111,6 +117,7 @@ def test_shipped_checkpoint_with_other_network_settings_names_the_fix(val_root: 
                       "--set f_vpd.decoder_width=64", "--set f_vpd.attn_resolutions=32,64")
 
 
+@pytest.mark.slow
 def test_checkpoint_trained_on_other_backbone_weights_is_refused(val_root: Path, tmp_path: Path) -> None:
     from methods.vpd.model import SHIPPED_DIR
 

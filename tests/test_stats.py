@@ -7,8 +7,8 @@ import time
 import numpy as np
 import pytest
 
-from refbench.metrics import summarize
-from refbench.stats import bootstrap_ci, cluster_sums, paired_test, win_tie_loss
+from refbench.results.metrics import summarize
+from refbench.results.stats import bootstrap_ci, cluster_sums, paired_test, win_tie_loss
 
 # Synthetic referring data with a strong image effect: per image a quality q ~ U(0.2, 0.8) and
 # 1-4 sentences; a sentence's IoU is q + U(-0.15, 0.15), its union 1000 q (bigger objects are

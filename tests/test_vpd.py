@@ -19,9 +19,11 @@ from refbench import checkpoint as ckpt
 from refbench.data.images import load_rgb
 from refbench.data.refer import ReferDataset
 from refbench.method import Batch, sample_seed
+from refbench.plugins import PluginHost
 from tests.conftest import REPO, assert_user_error, run_cli
 
 SMALL = dict(backbone="tiny", device="cpu", image_size=128, decoder_width=32)
+HOST = PluginHost()
 SETS = ["--set", "*.backbone=tiny", "--set", "*.device=cpu", "--set", "*.image_size=128",
         "--set", "*.decoder_width=32"]
 
@@ -45,15 +47,16 @@ def _steps(net, batch, n: int, lr: float = 3e-4) -> list[float]:
     return losses
 
 
+@pytest.mark.slow
 def test_a_few_steps_lower_the_loss(batch):
     torch.manual_seed(0)
-    net = VPD.network(VPDConfig(**SMALL))
+    net = VPD.network(VPDConfig(**SMALL), HOST)
     losses = _steps(net, batch, 6)
     assert losses[-1] < losses[0] - 0.05, losses
 
 
 def test_f_vpd_gives_the_unet_no_gradient(batch):
-    net = FrozenVPD.network(VPDConfig(**SMALL))
+    net = FrozenVPD.network(VPDConfig(**SMALL), HOST)
     assert net.adapter is None
     net.loss(batch).backward()
     assert all(p.grad is None and not p.requires_grad for p in net.unet.parameters())
@@ -62,7 +65,7 @@ def test_f_vpd_gives_the_unet_no_gradient(batch):
 
 
 def test_lora_vpd_trains_only_lora_adapter_and_decoder(batch):
-    net = LoRAVPD.network(LoRAVPDConfig(**SMALL, lora_rank=4))
+    net = LoRAVPD.network(LoRAVPDConfig(**SMALL, lora_rank=4), HOST)
     names = [n for n, _ in net.trainable_named_parameters()]
     lora = [n for n in names if "lora_" in n]
     assert lora and all(("attn2.to_q" in n or "attn2.to_k" in n or "attn2.to_v" in n) for n in lora)
@@ -76,8 +79,8 @@ def test_lora_vpd_trains_only_lora_adapter_and_decoder(batch):
 
 def test_attention_gradient_switch(batch):
     """With attn_grad off the maps are detached: the UNet then learns only through features."""
-    on = VPD.network(VPDConfig(**SMALL))
-    off = VPD.network(VPDConfig(**SMALL, attn_grad=False))
+    on = VPD.network(VPDConfig(**SMALL), HOST)
+    off = VPD.network(VPDConfig(**SMALL, attn_grad=False), HOST)
     off.load_state_dict(on.state_dict())
     for net in (on, off):
         net.loss(batch).backward()
@@ -89,17 +92,18 @@ def test_attention_gradient_switch(batch):
 
 def test_checkpoint_round_trip_gives_identical_predictions(batch, tmp_path: Path):
     torch.manual_seed(1)
-    net = LoRAVPD.network(LoRAVPDConfig(**SMALL, lora_rank=4))
+    net = LoRAVPD.network(LoRAVPDConfig(**SMALL, lora_rank=4), HOST)
     _steps(net, batch, 2)
     path = ckpt.save(tmp_path / "lora.safetensors", net.checkpoint_state(), {"method": "lora_vpd"})
-    method = LoRAVPD(LoRAVPDConfig(**SMALL, lora_rank=4, checkpoint=str(path)))
+    method = LoRAVPD(LoRAVPDConfig(**SMALL, lora_rank=4, checkpoint=str(path)), host=HOST)
     for a, b in zip(net.predict(batch), method.predict(batch)):
         assert np.array_equal(a.scores, b.scores)
     assert ckpt.checkpoint_hash(path) in method.weights_fingerprint()
     with pytest.raises(Exception, match="trained for lora_vpd, not vpd"):
-        VPD(VPDConfig(**SMALL, checkpoint=str(path)))
+        VPD(VPDConfig(**SMALL, checkpoint=str(path)), host=HOST)
 
 
+@pytest.mark.slow
 def test_train_then_run_and_resume_after_kill(shapes_root: Path, tmp_path: Path):
     out = tmp_path / "train"
     args = ["train", "--method", "f_vpd", "--data-root", str(shapes_root), "--limit-train", "8",
@@ -129,6 +133,7 @@ def test_train_then_run_and_resume_after_kill(shapes_root: Path, tmp_path: Path)
     assert res["n"] == 4 and res["config"]["checkpoint"] == checkpoint
 
 
+@pytest.mark.slow
 def test_trainable_method_without_checkpoint_is_refused(shapes_root: Path, tmp_path: Path):
     result = run_cli("run", "--methods", "vpd", "--data-root", str(shapes_root), "--limit", "1",
                      "--out", str(tmp_path), *SETS)

@@ -24,7 +24,7 @@ from refbench.diffusion.parsing import Referent, find_referent
 from refbench.diffusion.prompts import TokenAlignment, align, encode
 from refbench.errors import UserError
 from refbench.method import Batch, Prediction
-from refbench.plugins import caption, caption_providers
+from refbench.plugins import PluginHost
 from methods.diffsegmenter.binding import average_with_unconditioned, replace_chunk
 
 PLACEHOLDER = "{expression}"
@@ -91,21 +91,22 @@ class DiffSegmenter:
     replaces_chunk: ClassVar[bool] = False
     averages_unconditioned: ClassVar[bool] = False
 
-    def __init__(self, config: DiffSegmenterConfig):
+    def __init__(self, config: DiffSegmenterConfig, *, host: PluginHost):
         self.config = config
-        self.backbone: Backbone = load_backbone(config.backbone, config.device, config.dtype)
+        self.host = host  # backbones and caption providers come from the caller's plugins
+        self.backbone: Backbone = load_backbone(config.backbone, config.device, config.dtype, host=host)
         self.size = config.image_size or self.backbone.image_size
         self._unconditioned: torch.Tensor | None = None
 
     @classmethod
-    def parameter_counts(cls, config: DiffSegmenterConfig) -> tuple[int, int]:
+    def parameter_counts(cls, config: DiffSegmenterConfig, host: PluginHost) -> tuple[int, int]:
         """All backbone parameters; none is trained."""
-        backbone = load_backbone(config.backbone, config.device, config.dtype)
+        backbone = load_backbone(config.backbone, config.device, config.dtype, host=host)
         parts = (backbone.unet, backbone.vae, backbone.text_encoder)
         return sum(p.numel() for part in parts for p in part.parameters()), 0
 
     def weights_fingerprint(self) -> str:
-        captioners = ",".join(caption_providers()) if self.config.captions else ""
+        captioners = ",".join(self.host.caption_providers()) if self.config.captions else ""
         return self.backbone.fingerprint + (f"+captions:{captioners}" if captioners else "")
 
     # -- prompts ---------------------------------------------------------------------------
@@ -183,7 +184,7 @@ class DiffSegmenter:
     @torch.no_grad()
     def score_maps(self, batch: Batch) -> tuple[torch.Tensor, list[_PromptPlan]]:
         """Score maps at latent resolution (B, r, r) in [0, 1], before resizing to the images."""
-        texts = [caption(s.expression, image, s.sample_id) if self.config.captions else s.expression
+        texts = [self.host.caption(s.expression, image, s.sample_id) if self.config.captions else s.expression
                  for s, image in zip(batch.samples, batch.images)]
         plans = [self._plan(text, s.sample_id) for text, s in zip(texts, batch.samples)]
         context = self._embeddings(plans)

@@ -31,6 +31,7 @@ from refbench.diffusion.latents import latents_and_noise
 from refbench.diffusion.prompts import encode
 from refbench.errors import UserError
 from refbench.method import Batch, Prediction
+from refbench.plugins import PluginHost
 
 REFERENCE_LATENT = 64  # attention resolutions are given for SD 1.5 at 512 (latent 64)
 # checkpoints trained by refbench and shipped with it: <method>-<backbone>.safetensors (+ .json)
@@ -86,10 +87,12 @@ class LoRAVPDConfig(VPDConfig):
 class VPDNet(nn.Module):
     """The trainable network: backbone (private copy), optional adapter and LoRA, decoder."""
 
-    def __init__(self, config: VPDConfig, adapter: bool, unet_trainable: bool, lora: bool):
+    def __init__(self, config: VPDConfig, adapter: bool, unet_trainable: bool, lora: bool,
+                 host: PluginHost):
         super().__init__()
         self.config = config
-        self.backbone = load_backbone(config.backbone, config.device, config.dtype, private=True)
+        self.backbone = load_backbone(config.backbone, config.device, config.dtype, private=True,
+                                      host=host)
         bb = self.backbone
         self.size = config.image_size or bb.image_size
         for part in (bb.vae, bb.text_encoder, bb.unet):
@@ -265,10 +268,10 @@ class VPD:
     lora: ClassVar[bool] = False
 
     @classmethod
-    def network(cls, config: VPDConfig) -> VPDNet:
-        return VPDNet(config, cls.adapter, cls.unet_trainable, cls.lora)
+    def network(cls, config: VPDConfig, host: PluginHost) -> VPDNet:
+        return VPDNet(config, cls.adapter, cls.unet_trainable, cls.lora, host)
 
-    def __init__(self, config: VPDConfig):
+    def __init__(self, config: VPDConfig, *, host: PluginHost):
         if not config.checkpoint:
             raise UserError(
                 f"{self.method_name} is trainable and has no checkpoint: train one with "
@@ -284,7 +287,7 @@ class VPD:
                             f"not {self.method_name}")
         _check_architecture(self.method_name, config, meta.get("config", {}), config.checkpoint)
         self.config = config
-        self.net = self.network(config)
+        self.net = self.network(config, host)
         trained_on, now = meta.get("backbone"), self.net.backbone.fingerprint
         if trained_on and trained_on != now:  # the backbone's weights changed since training
             raise UserError(f"checkpoint {config.checkpoint} was trained on other weights of backbone "

@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
+from itertools import groupby
 from pathlib import Path
 from typing import Any, Literal, Protocol
 
@@ -61,3 +62,26 @@ class Dataset(Protocol):
     def category_names(self) -> dict[int, str]:
         """Semantic data only: category id -> name."""
         ...
+
+
+def first_samples(samples: Sequence[Sample], limit: int | None) -> list[Sample]:
+    """The first ``limit`` samples, extended to the end of the last group (an image of semantic
+    data is scored as a whole)."""
+    if limit is None or limit >= len(samples):
+        return list(samples)
+    end = limit
+    while end < len(samples) and samples[end].group == samples[end - 1].group:
+        end += 1
+    return list(samples[:end])
+
+
+def group_batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:
+    """Batches of about ``batch_size`` samples made of whole groups."""
+    batch: list[Sample] = []
+    for _, members in groupby(samples, key=lambda s: s.group):
+        batch.extend(members)
+        if len(batch) >= batch_size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch

@@ -22,6 +22,7 @@ from typing import Any, Literal
 import torch
 
 from refbench.errors import UserError, did_you_mean
+from refbench.plugins import PluginHost
 from refbench.specs import resolve
 
 Dtype = Literal["fp32", "fp16", "bf16"]
@@ -182,30 +183,45 @@ def _pretrained_fingerprint(directory: Path | None, unet: Any) -> str:
     return digest.hexdigest()[:16]
 
 
-def _load(name: str, device: str, dtype: str) -> Backbone:
-    from refbench.plugins import get_host
+@dataclass(frozen=True)
+class _Source:
+    """Where a backbone comes from: a registered factory with its options, or a directory or
+    hub id. Equal sources give the same model, whichever plugin host named them."""
 
-    torch_device = torch.device(device)
-    torch_dtype = DTYPES[dtype]
-    host = get_host()
+    name: str
+    factory: str | None
+    options: str  # JSON of the factory's options
+    path: str | None
+
+
+def _source(host: PluginHost, name: str) -> _Source:
     if name in host.backbones:
         spec = host.backbone(name)
-        return resolve(spec.factory)(device=torch_device, dtype=torch_dtype, name=name, **spec.options)
+        return _Source(name, spec.factory, json.dumps(spec.options, sort_keys=True, default=str), None)
     if Path(name).expanduser().is_dir() or "/" in name:
-        return load_pretrained(name, torch_device, torch_dtype)
+        return _Source(name, None, "{}", name)
     raise did_you_mean(name, host.backbones, "backbone (or a directory / hub id)")
 
 
-_load_shared = lru_cache(maxsize=2)(_load)
+def _build(source: _Source, device: str, dtype: str) -> Backbone:
+    torch_device, torch_dtype = torch.device(device), DTYPES[dtype]
+    if source.factory is not None:
+        return resolve(source.factory)(device=torch_device, dtype=torch_dtype, name=source.name,
+                                       **json.loads(source.options))
+    return load_pretrained(str(source.path), torch_device, torch_dtype)
 
 
-def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32",
-                  private: bool = False) -> Backbone:
-    """A backbone by registered name, directory or hub id.
+_build_shared = lru_cache(maxsize=2)(_build)
+
+
+def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32", private: bool = False,
+                  *, host: PluginHost) -> Backbone:
+    """A backbone by registered name (in ``host``), directory or hub id.
 
     Shared per process by default, because several methods (and every cell of a grid) use one
     frozen backbone. Methods that change weights (training, LoRA) ask for a ``private`` copy.
     """
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
-    return (_load if private else _load_shared)(name, str(torch_device), dtype)
+    source = _source(host, name)
+    return (_build if private else _build_shared)(source, str(torch_device), dtype)

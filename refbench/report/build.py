@@ -1,10 +1,10 @@
-"""From a spec to the figures a report shows: run what the store lacks, then score it.
+"""From a spec to the figures a report shows: a thin caller of the evaluation core.
 
-For each data set, every method is evaluated on the reported splits and on the calibration
-split (each method built once, one in memory at a time), the threshold is chosen on the
-calibration split, and each reported split gets its scores with intervals, the paired
-comparisons and the breakdown. Grids run batch-major through ``refbench.grid``. Nothing here
-renders: ``render`` and ``exports`` turn the result into pages and files.
+For each data set, the spec's methods are evaluated by ``refbench.evaluate``'s core on the
+reported splits and the calibration split (each method built once, one in memory at a time);
+each grid is evaluated by the same core, batch-major. This module then adds what only a report
+shows: the paired comparisons and the breakdowns. Nothing here renders: ``render`` and
+``exports`` turn the result into pages and files.
 """
 
 from __future__ import annotations
@@ -13,18 +13,21 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any
 
-from refbench import provenance
-from refbench.calibration import check_split_policy
+from refbench import distributed, provenance
+from refbench.candidates import Candidate, candidate, check_labels
+from refbench.data.sample import Sample
+from refbench.data.source import DataSource
 from refbench.errors import UserError
-from refbench.grid import GridRun, check_grid, run_grid
+from refbench.core import Settings, check_evaluation, run_evaluation
+from refbench.grid import GridRun, check_grid, expand
 from refbench.plugins import PluginHost
 from refbench.report.spec import DatasetEntry, GridEntry, ReportSpec
-from refbench.report.tables import Table, ablation_table
-from refbench.results import breakdown, timestamp
-from refbench.runner import (MethodRun, RunOptions, SplitPlan, plan_split, resolve_config,
-                             run_configs)
-from refbench.scorecard import Calibration, Scored, choose, score
-from refbench.stats import PairedResult, paired_test
+from refbench.results.calibration import Calibration
+from refbench.results.files import timestamp
+from refbench.results.scored import Scored
+from refbench.results.stats import PairedResult, paired_test
+from refbench.results.summary import Results
+from refbench.results.tables import Table, ablation_table
 from refbench.store import Store
 
 
@@ -33,15 +36,22 @@ class SplitReport:
     """Everything a leaderboard of one data set split shows."""
 
     dataset: DatasetEntry
-    plan: SplitPlan
-    scored: dict[str, Scored]  # method label -> figures
-    calibration_runs: dict[str, MethodRun]  # method label -> its run on the calibration split
+    split: str
+    results: Results  # the data set's evaluation (all its reported splits)
     comparisons: list[tuple[str, str, PairedResult]] = field(default_factory=list)
     breakdowns: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
 
     @property
-    def split(self) -> str:
-        return self.plan.split
+    def scored(self) -> dict[str, Scored]:
+        return self.results.on(self.split)
+
+    @property
+    def samples(self) -> list[Sample]:
+        return self.results.samples[self.split]
+
+    @property
+    def calibration_runs(self) -> dict[str, Scored]:
+        return self.results.calibrating
 
     @property
     def slug(self) -> str:
@@ -78,54 +88,55 @@ def calibration_for(spec: ReportSpec, dataset: DatasetEntry) -> Calibration:
     return dataclasses.replace(spec.calibration, split=dataset.calibration_split)
 
 
-def run_options(spec: ReportSpec, dataset: DatasetEntry, split: str, progress: bool) -> RunOptions:
-    return RunOptions(methods=[m.name for m in spec.methods], dataset=dataset.name, split=split,
-                      data_root=dataset.root, dataset_options=dict(dataset.options),
-                      limit=spec.limit, batch_size=spec.batch_size, seed=spec.seed,
-                      out=spec.store, threshold=spec.calibration.fixed, sweep_step=spec.sweep_step,
-                      progress=progress)
+def source_of(dataset: DatasetEntry) -> DataSource:
+    return DataSource(dataset.name, dataset.root, dict(dataset.options))
 
 
-def check_spec(host: PluginHost, spec: ReportSpec) -> None:
-    """Fail on every mistake a spec can hold before anything is computed: unknown methods,
-    datasets or parameters, bad config values, thresholds that would be tuned on a reported
-    split."""
+def settings_of(spec: ReportSpec, progress: bool) -> Settings:
+    return Settings(seed=spec.seed, limit=spec.limit, batch_size=spec.batch_size,
+                    sweep_step=spec.sweep_step, progress=progress)
+
+
+@dataclass
+class SpecPlan:
+    """A spec resolved: the methods as candidates, every grid's cells."""
+
+    methods: list[Candidate]
+    grids: list[list[Candidate]]
+
+
+def check_spec(host: PluginHost, spec: ReportSpec) -> SpecPlan:
+    """Fail on every mistake a spec can hold before anything is computed or opened: unknown
+    methods, datasets, options or parameters, bad config values, thresholds that would be
+    tuned on a reported split."""
+    settings = settings_of(spec, False)
     for dataset in spec.datasets:
-        host.dataset(dataset.name)
-        calibration = calibration_for(spec, dataset)
-        if calibration.split is not None:
-            check_split_policy(calibration.split, dataset.splits, calibration.tune_on_reported_split,
-                               f"{spec.path.name}: dataset {dataset.name}")
-    for method in spec.methods:
-        resolve_config(host.method(method.name), method.overrides)
+        check_evaluation(host, source_of(dataset), dataset.splits, calibration_for(spec, dataset),
+                         settings)
+    methods = [candidate(host, m.name, m.overrides, label=m.label) for m in spec.methods]
+    check_labels(methods)
+    grids = []
     for grid in spec.grids:
-        check_grid(host, grid.grid)
-        calibration = calibration_for(spec, spec.dataset(grid.dataset))
-        if calibration.split is not None:
-            check_split_policy(calibration.split, [grid.split], calibration.tune_on_reported_split,
-                               f"{spec.path.name}: grid {grid.grid.name}")
+        grids.append(check_grid(host, grid.grid))
+        dataset = spec.dataset(grid.dataset)
+        check_evaluation(host, source_of(dataset), [grid.split], calibration_for(spec, dataset),
+                         settings)
+    return SpecPlan(methods, grids)
 
 
-def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store,
-                     progress: bool = True) -> list[SplitReport]:
-    """Evaluate every method on every reported and calibration split, and score them."""
-    check_spec(host, spec)
-    configs = [(host.method(m.name), m.overrides) for m in spec.methods]
+def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True,
+                     plan: SpecPlan | None = None,
+                     cluster: distributed.Cluster | None = None) -> list[SplitReport]:
+    """Evaluate every method on every reported and calibration split, and analyse them."""
+    plan = plan or check_spec(host, spec)
     reports = []
     for dataset in spec.datasets:
-        calibration = calibration_for(spec, dataset)
-        splits = list(dict.fromkeys([*dataset.splits, *([calibration.split] if calibration.split else [])]))
-        plans = [plan_split(host, run_options(spec, dataset, split, progress)) for split in splits]
-        runs = run_configs(host, configs, plans, store, run_options(spec, dataset, splits[0], progress))
-        cal_index = splits.index(calibration.split) if calibration.split else None
-        for i, split in enumerate(dataset.splits):
-            report = SplitReport(dataset, plans[i], {}, {})
-            for method, per_plan in zip(spec.methods, runs):
-                calibrating = (per_plan[cal_index], plans[cal_index]) if cal_index is not None else None
-                threshold = choose(store, calibration, split, calibrating)
-                report.scored[method.label] = score(store, per_plan[i], plans[i], threshold, spec.stats)
-                if calibrating is not None:
-                    report.calibration_runs[method.label] = calibrating[0]
+        results = run_evaluation(
+            host, plan.methods, source_of(dataset), dataset.splits, store=store,
+            settings=settings_of(spec, progress), calibration=calibration_for(spec, dataset),
+            statistics=spec.stats, breakdown=spec.breakdown, cluster=cluster, generate=True)
+        for split in dataset.splits:
+            report = SplitReport(dataset, split, results)
             _analyse(spec, report)
             reports.append(report)
     return reports
@@ -133,24 +144,30 @@ def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store,
 
 def _analyse(spec: ReportSpec, report: SplitReport) -> None:
     """Paired comparisons and breakdowns of one split."""
+    scored = report.scored
     for a, b in spec.compare:
-        sa, sb = report.scored[a], report.scored[b]  # rows in the split's sample order: aligned
+        sa, sb = scored[a], scored[b]  # rows in the split's sample order: aligned
         report.comparisons.append((a, b, paired_test(
-            sa.samples.ious(sa.k), sb.samples.ious(sb.k), sa.samples.image_ids,
+            sa.rows.ious(sa.k), sb.rows.ious(sb.k), sa.rows.image_ids,
             spec.stats.resamples, spec.stats.confidence, spec.stats.seed)))
     if spec.breakdown:
-        for label, s in report.scored.items():
-            if groups := breakdown(s.samples, s.k, spec.breakdown):
+        for label, s in scored.items():
+            if groups := s.breakdowns.get(spec.breakdown):
                 report.breakdowns[label] = groups
 
 
-def run_grids(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True) -> list[GridReport]:
+def run_grids(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True,
+              plan: SpecPlan | None = None,
+              cluster: distributed.Cluster | None = None) -> list[GridReport]:
+    plan = plan or check_spec(host, spec)
     out = []
-    for entry in spec.grids:
+    for entry, cells in zip(spec.grids, plan.grids):
         dataset = spec.dataset(entry.dataset)
-        options = run_options(spec, dataset, entry.split, progress)
-        result = run_grid(host, entry.grid, options, store, calibration_for(spec, dataset), spec.stats)
-        out.append(GridReport(entry, result))
+        results = run_evaluation(
+            host, cells, source_of(dataset), [entry.split], store=store,
+            settings=settings_of(spec, progress), calibration=calibration_for(spec, dataset),
+            statistics=spec.stats, together=True, cluster=cluster, generate=True)
+        out.append(GridReport(entry, GridRun(entry.grid, results, expand(entry.grid))))
     return out
 
 
@@ -161,21 +178,23 @@ def grid_table(spec: ReportSpec, grid: GridReport) -> Table:
                           spec.dataset(entry.dataset).calibration_split, spec.stats.confidence)
 
 
-def run_spec_grids(host: PluginHost, spec: ReportSpec, no_progress: bool = False) -> list[Table]:
+def run_spec_grids(host: PluginHost, spec: ReportSpec, progress: bool = True) -> list[Table]:
     """``refbench grid SPEC``: the spec's grids only, as ablation tables."""
     if not spec.grids:
         raise UserError(f"{spec.path} defines no grids")
-    check_spec(host, spec)
+    plan = check_spec(host, spec)
     with Store(spec.store / "store.sqlite") as store:
-        return [grid_table(spec, g) for g in run_grids(host, spec, store, not no_progress)]
+        return [grid_table(spec, g) for g in run_grids(host, spec, store, progress, plan)]
 
 
-def build(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True) -> Report:
+def build(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True,
+          cluster: distributed.Cluster | None = None) -> Report:
     """Run what is missing and score everything the spec shows (the gallery aside)."""
-    splits = run_leaderboards(host, spec, store, progress)
-    grids = run_grids(host, spec, store, progress)
-    keys = [s.run.record.run_key for r in splits for s in r.scored.values()]
-    keys += [run.record.run_key for r in splits for run in r.calibration_runs.values()]
-    keys += [c.scored.run.record.run_key for g in grids for c in g.result.cells]
+    plan = check_spec(host, spec)
+    splits = run_leaderboards(host, spec, store, progress, plan, cluster)
+    grids = run_grids(host, spec, store, progress, plan, cluster)
+    keys = [s.run_key for r in splits for s in r.scored.values()]
+    keys += [s.run_key for r in splits for s in r.calibration_runs.values()]
+    keys += [s.run_key for g in grids for _, s in g.result.cells]
     runs = {key: store.run(key) for key in dict.fromkeys(keys)}  # all registered by the runs above
     return Report(spec, splits, grids, {k: v for k, v in runs.items() if v is not None})

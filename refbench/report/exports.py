@@ -1,5 +1,4 @@
-"""Every table as CSV (for analysis), Markdown (for READMEs and issues) and LaTeX (for papers),
-and as aligned text for the console."""
+"""Every table as CSV (for analysis), Markdown (for READMEs and issues) and LaTeX (for papers)."""
 
 from __future__ import annotations
 
@@ -7,13 +6,9 @@ import csv
 import io
 from pathlib import Path
 
-from refbench.report.tables import Cell, Table
+from refbench.results.tables import Cell, Table, aligned, with_interval_text
 
 FORMATS = ("csv", "md", "tex")
-
-
-def _with_interval(cell: Cell, sep: str = " ") -> str:
-    return cell.text if cell.low is None else f"{cell.text}{sep}[{cell.low}, {cell.high}]"
 
 
 def to_csv(table: Table) -> str:
@@ -35,23 +30,9 @@ def to_csv(table: Table) -> str:
 
 def to_markdown(table: Table) -> str:
     escape = lambda text: text.replace("|", "\\|")  # noqa: E731
-    body = [[escape(_with_interval(c)) for c in row] for row in table.rows]
-    return "\n".join([f"**{escape(table.title)}**", "", *_aligned([table.columns, *body], markdown=True),
+    body = [[escape(with_interval_text(c)) for c in row] for row in table.rows]
+    return "\n".join([f"**{escape(table.title)}**", "", *aligned([table.columns, *body], markdown=True),
                       "", *table.notes]) + "\n"
-
-
-def to_text(table: Table) -> str:
-    body = [[_with_interval(c) for c in row] for row in table.rows]
-    return "\n".join([table.title, *_aligned([table.columns, *body], markdown=False), *table.notes])
-
-
-def _aligned(lines: list[list[str]], markdown: bool) -> list[str]:
-    widths = [max(3, *(len(line[j]) for line in lines)) for j in range(len(lines[0]))]
-    pad = lambda line: [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]  # noqa: E731
-    if markdown:
-        rule = ["-" * w if j == 0 else "-" * (w - 1) + ":" for j, w in enumerate(widths)]
-        return ["| " + " | ".join(pad(line)) + " |" for line in [lines[0], rule, *lines[1:]]]
-    return ["  ".join(pad(line)) for line in [lines[0], ["-" * w for w in widths], *lines[1:]]]
 
 
 _LATEX_SPECIAL = {"\\": r"\textbackslash{}", "&": r"\&", "%": r"\%", "$": r"\$", "#": r"\#",

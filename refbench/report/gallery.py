@@ -16,17 +16,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from refbench.candidates import candidate
 from refbench.data.images import load_rgb
 from refbench.data.masks import decode
 from refbench.data.sample import Sample
 from refbench.errors import UserError
-from refbench.method import Batch, sample_seed
-from refbench.metrics import score_map_stats
+from refbench.core import predict_maps
 from refbench.plugins import PluginHost
 from refbench.report.build import SplitReport
 from refbench.report.spec import GalleryEntry, ReportSpec
-from refbench.runner import batches, build_method
-from refbench.scoring import prediction_map
+from refbench.results.scoring import score_map_stats
 from refbench.store import Store
 
 DISPLAY_SIDE = 320  # longest side of a gallery picture, in pixels
@@ -89,8 +88,8 @@ def mask_overlay(image: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> np.
 def choose_samples(report: SplitReport, entry: GalleryEntry) -> list[tuple[Sample, float, bool]]:
     """The included samples, then those where the contrast pair's IoUs differ most."""
     a, b = (report.scored[label] for label in entry.contrast)
-    diff = dict(zip((r.sample_id for r in a.samples.rows), a.samples.ious(a.k) - b.samples.ious(b.k)))
-    by_id = {s.sample_id: s for s in report.plan.samples}
+    diff = dict(zip((r.sample_id for r in a.rows.rows), a.rows.ious(a.k) - b.rows.ious(b.k)))
+    by_id = {s.sample_id: s for s in report.samples}
     unknown = [i for i in entry.include if i not in by_id]
     if unknown:
         raise UserError(f"gallery.include: sample ids {unknown} are not among the evaluated samples "
@@ -130,11 +129,11 @@ def build_gallery(host: PluginHost, spec: ReportSpec, report: SplitReport, store
     for m, label in enumerate(entry.methods):
         scored = report.scored[label]
         threshold = scored.threshold
-        maps = (_masks(store, scored.run.record.run_key, samples) if threshold.value is None
+        maps = (_masks(store, scored.run_key, samples) if threshold.value is None
                 else _rerun(host, spec, label, samples, images))
-        stored = {r.sample_id: r for r in store.rows(scored.run.record.run_key,
+        stored = {r.sample_id: r for r in store.rows(scored.run_key,
                                                      sample_ids=[s.sample_id for s in samples])}
-        ious = dict(zip((r.sample_id for r in scored.samples.rows), scored.samples.ious(scored.k)))
+        ious = dict(zip((r.sample_id for r in scored.rows.rows), scored.rows.ious(scored.k)))
         for row, sample, image, score_map in zip(rows, samples, images, maps):
             stem = f"{_file_stem(sample.sample_id)}-m{m}"
             cut = 0.5 if threshold.value is None else threshold.value
@@ -143,7 +142,7 @@ def build_gallery(host: PluginHost, spec: ReportSpec, report: SplitReport, store
             if threshold.value is not None:
                 _save(heat_overlay(image, score_map), folder / f"{stem}-heat.jpg")
                 heat = rel(f"{stem}-heat.jpg")
-                check = score_map_stats(score_map, decode(sample.gt), report.plan.thresholds)
+                check = score_map_stats(score_map, decode(sample.gt), scored.rows.thresholds)
                 if not np.array_equal(check.inter, stored[sample.sample_id].inter):
                     notes.append(f"{label} on sample {sample.sample_id}: the rerun differs from the "
                                  f"scored run (the method is not deterministic given its seed)")
@@ -166,13 +165,5 @@ def _rerun(host: PluginHost, spec: ReportSpec, label: str, samples: list[Sample]
            images: list[np.ndarray]) -> list[np.ndarray]:
     """Score maps of a method on the gallery's samples, seeded exactly as in the scored run."""
     entry = spec.method(label)
-    method, _ = build_method(host.method(entry.name), entry.overrides)
-    index = {s.sample_id: i for i, s in enumerate(samples)}
-    maps: list[np.ndarray] = [np.empty(0)] * len(samples)
-    for batch in batches(samples, spec.batch_size):
-        picked = [index[s.sample_id] for s in batch]
-        predictions = method.predict(Batch(batch, [images[i] for i in picked],
-                                           [sample_seed(spec.seed, s.sample_id) for s in batch]))
-        for i, sample, prediction in zip(picked, batch, predictions):
-            maps[i] = prediction_map(prediction, sample, entry.name)
-    return maps
+    return predict_maps(host, candidate(host, entry.name, entry.overrides, label),
+                        samples, images, spec.seed, spec.batch_size)

@@ -20,7 +20,7 @@ from refbench.report.build import GridReport, Report, grid_table
 from refbench.report.charts import Point, Series, line_chart
 from refbench.report.exports import write_exports
 from refbench.report.gallery import Gallery
-from refbench.report.tables import Table, breakdown_table, comparison_table, leaderboard
+from refbench.results.tables import Table, breakdown_table, comparison_table, leaderboard
 
 TABLES_DIR = "tables"
 RUNS_DIR = "runs"
@@ -47,12 +47,12 @@ def grid_chart(grid: GridReport) -> Markup:
     metric = grid.entry.grid.metric
     first, *others = grid.entry.grid.params
     series: dict[str, list[Point]] = {}
-    for cell in grid.result.cells:
-        name = ", ".join(f"{k}={cell.values[k]}" for k in others) or metric
-        interval = cell.scored.intervals.get(metric)
-        value = cell.scored.metrics[metric]
+    for values, scored in grid.result.cells:
+        name = ", ".join(f"{k}={values[k]}" for k in others) or metric
+        interval = scored.intervals.get(metric)
+        value = scored.metrics[metric]
         series.setdefault(name, []).append(Point(
-            cell.values[first], 100 * value,
+            values[first], 100 * value,
             100 * interval.low if interval else None, 100 * interval.high if interval else None))
     title = f"{metric} against {first}: {grid.entry.grid.method} on {grid.entry.dataset} {grid.entry.split}"
     return line_chart([Series(n, p) for n, p in series.items()], first, f"{metric} (%)", title)
@@ -69,7 +69,7 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
     for split in report.splits:
         title = f"{split.dataset.name} {split.split}"
         leaderboards.append({
-            "title": title, "slug": split.slug, "n": len(split.plan.samples),
+            "title": title, "slug": split.slug, "n": len(split.samples),
             "calibration_split": split.dataset.calibration_split,
             "leaderboard": _exported(leaderboard(
                 f"leaderboard-{split.slug}", f"Leaderboard: {title}", list(split.scored.items()),
@@ -103,16 +103,18 @@ def _uses(report: Report, run_key: str) -> list[dict[str, Any]]:
     uses = []
     for split in report.splits:
         for label, scored in split.scored.items():
-            if scored.run.record.run_key == run_key:
+            if scored.run_key == run_key:
                 uses.append({"where": f"leaderboard {split.dataset.name} {split.split}", "label": label,
                              "scored": scored})
-        for label, run in split.calibration_runs.items():
-            if run.record.run_key == run_key:
-                uses.append({"where": f"calibration of {split.dataset.name} {split.split} on "
-                                      f"{split.dataset.calibration_split}", "label": label, "scored": None})
+        for label, scored in split.calibration_runs.items():
+            if scored.run_key == run_key and split.split == split.dataset.splits[0]:
+                uses.append({"where": f"calibration of {split.dataset.name} on "
+                                      f"{split.dataset.calibration_split}", "label": label,
+                             "scored": scored})
     for grid in report.grids:
-        for cell in grid.result.cells:
-            if cell.scored.run.record.run_key == run_key:
+        for values, scored in grid.result.cells:
+            if scored.run_key == run_key:
+                label = ", ".join(f"{k}={v}" for k, v in values.items())
                 uses.append({"where": f"grid {grid.entry.grid.name} on {grid.entry.dataset} "
-                                      f"{grid.entry.split}", "label": cell.label(), "scored": cell.scored})
+                                      f"{grid.entry.split}", "label": label, "scored": scored})
     return uses

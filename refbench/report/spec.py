@@ -9,22 +9,20 @@ suggestion, never a silently ignored setting.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from refbench.calibration import check_criterion
-from refbench.config import Override
+from refbench.config import Override, as_text
 from refbench.errors import UserError, did_you_mean
 from refbench.grid import GridSpec
-from refbench.metrics import PRECISION_AT
-from refbench.scorecard import Calibration, StatsOptions
+from refbench.results.calibration import Calibration, check_criterion
+from refbench.results.metrics import METRIC_NAMES, SEMANTIC_MIOU
+from refbench.results.stats import StatsOptions
 
-METRICS = ("oIoU", "mIoU", *(f"P@{k}" for k in PRECISION_AT))
-REGRESS_METRICS = (*METRICS, "semantic_mIoU")
+REGRESS_METRICS = (*METRIC_NAMES, SEMANTIC_MIOU)
 
 
 @dataclass(frozen=True)
@@ -157,19 +155,7 @@ def _text_list(value: Any, where: str) -> list[str]:
     items = value if isinstance(value, list) else [value]
     if not items or any(isinstance(v, (dict, list)) or v is None for v in items):
         raise UserError(f"{where} must be a value or a list of values, got {value!r}")
-    return [_text(v) for v in items]
-
-
-def _text(value: Any) -> str:
-    """A YAML value as the text ``--set`` would take: true -> 'true', 0.5 -> '0.5',
-    [1, 2] -> '1,2' (tuple fields), {a: 1} -> '{"a": 1}' (dict fields)."""
-    if isinstance(value, bool):
-        return str(value).lower()
-    if isinstance(value, list):
-        return ",".join(_text(v) for v in value)
-    if isinstance(value, dict):
-        return json.dumps(value)
-    return str(value)
+    return [as_text(v) for v in items]
 
 
 def _links(raw: list[Any], where: str) -> list[Link]:
@@ -188,10 +174,10 @@ def _links(raw: list[Any], where: str) -> list[Link]:
 
 
 def _overrides(method: str, data: Any, where: str) -> list[Override]:
-    """A ``set:`` mapping as the overrides ``--set method.key=value`` would give."""
+    """A ``set:`` mapping as overrides; YAML values are checked against the config's types."""
     if not isinstance(data, dict):
         raise UserError(f"{where} must map config keys to values, got {data!r}")
-    return [Override(method, str(k), _text(v)) for k, v in data.items()]
+    return [Override(method, str(k), v) for k, v in data.items()]
 
 
 def _nullable(section: _Section, key: str, default: str | None) -> str | None:
@@ -204,7 +190,7 @@ def _nullable(section: _Section, key: str, default: str | None) -> str | None:
 
 
 def _label(name: str, overrides: list[Override]) -> str:
-    return name + (f" ({', '.join(f'{o.key}={o.raw}' for o in overrides)})" if overrides else "")
+    return name + (f" ({', '.join(f'{o.key}={o.text}' for o in overrides)})" if overrides else "")
 
 
 def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -> ReportSpec:
@@ -273,8 +259,8 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         params = {str(k): _text_list(v, f"{g.where}.params.{k}")
                   for k, v in g.get("params", dict, required=True).items()}
         metric = g.get("metric", str, "mIoU")
-        if metric not in METRICS:
-            raise did_you_mean(metric, METRICS, f"metric in {g.where}")
+        if metric not in METRIC_NAMES:
+            raise did_you_mean(metric, METRIC_NAMES, f"metric in {g.where}")
         dataset = _find_dataset(datasets, g.get("dataset", str, datasets[0].name), g.where)
         fixed = _overrides(method, g.get("set", dict, {}), f"{g.where}.set")
         grids.append(GridEntry(GridSpec(method, params, fixed, metric), dataset.name,

@@ -20,6 +20,8 @@ def refbench_methods():
         refbench.MethodSpec("wrong_shape", "rb_testplugin:WrongShape", "returns a bad shape"),
         refbench.MethodSpec("shared_blobs", "rb_testplugin:SharedBlobs",
                             "colour evidence mixed with noise; its costly part is cached per sample"),
+        refbench.MethodSpec("logged_blobs", "rb_testplugin:LoggedBlobs",
+                            "noise_blobs that logs which process computed each sample"),
     ]
 
 
@@ -101,4 +103,41 @@ class SharedBlobs:
             colour, noise = shared_features(image, seed, self.config.cost)
             scores = np.clip(self.config.alpha * colour + (1 - self.config.alpha) * noise, 0, 1)
             out.append(Prediction(scores=scores))
+        return out
+
+
+# -- spies: what ran, and where -----------------------------------------------------------------
+@refbench.hookimpl
+def refbench_datasets():
+    return [refbench.DatasetSpec("spy_shapes", "rb_testplugin:SpyReader",
+                                 "RefShapes through a reader that records that it was opened",
+                                 "refshapes", {"name": "refshapes"})]
+
+
+class SpyReader:
+    """The REFER reader, leaving a line in $RB_SPY_LOG each time it is constructed."""
+
+    def __new__(cls, root, name: str, split_by: str | None = None, image_dir: str | None = None):
+        import os
+        from pathlib import Path
+
+        from refbench.data.refer import ReferDataset
+
+        if os.environ.get("RB_SPY_LOG"):
+            with open(os.environ["RB_SPY_LOG"], "a") as log:
+                log.write(f"opened {root}\n")
+        return ReferDataset(Path(root), name, split_by=split_by, image_dir=image_dir)
+
+
+class LoggedBlobs(NoiseBlobs):
+    """NoiseBlobs that appends "<pid> <sample id>" to $RB_COMPUTE_LOG for every sample it
+    predicts: which process computed what."""
+
+    def predict(self, batch: Batch) -> list[Prediction]:
+        import os
+
+        out = super().predict(batch)
+        if os.environ.get("RB_COMPUTE_LOG"):
+            with open(os.environ["RB_COMPUTE_LOG"], "a") as log:
+                log.writelines(f"{os.getpid()} {s.sample_id}\n" for s in batch.samples)
         return out

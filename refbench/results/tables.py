@@ -1,8 +1,10 @@
-"""The tables a report shows, as plain data: the HTML page and every export render the same
-``Table``, so a figure can never differ between the site, the CSV and the paper's LaTeX.
+"""The tables results are shown in, as plain data: the console, the HTML page and every export
+render the same ``Table``, so a figure can never differ between the terminal, the site, the CSV
+and the paper's LaTeX.
 
-Metrics are shown in percent; an interval travels with its figure as separate bounds so each
-format can lay it out its own way (small grey text, extra CSV columns, a LaTeX script size).
+Metrics are shown in percent, one column per entry of ``metrics.METRICS``; an interval travels
+with its figure as separate bounds so each format can lay it out its own way (small grey text,
+extra CSV columns, a LaTeX script size, brackets in text).
 """
 
 from __future__ import annotations
@@ -11,13 +13,10 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
-from refbench.calibration import TUNED_MARK, TUNED_NOTE
-from refbench.grid import GridCell
-from refbench.metrics import PRECISION_AT
-from refbench.scorecard import Scored
-from refbench.stats import Interval, PairedResult
-
-PRECISION_COLUMNS = [f"P@{k}" for k in PRECISION_AT]
+from refbench.results.calibration import TUNED_MARK, TUNED_NOTE
+from refbench.results.metrics import METRICS, SEMANTIC_MIOU
+from refbench.results.scored import Scored
+from refbench.results.stats import Interval, PairedResult
 
 
 @dataclass(frozen=True)
@@ -81,28 +80,32 @@ def _threshold_notes(scored: Sequence[Scored], calibration_split: str | None) ->
     return notes
 
 
+METRIC_COLUMNS = [m.name for m in METRICS]
+INTERVALLED = [m.name for m in METRICS if m.interval]
+
+
 def _metric_cells(scored: Scored) -> list[Cell]:
-    m = scored.metrics
-    return [with_interval(scored.intervals["oIoU"]), with_interval(scored.intervals["mIoU"]),
-            *(pct(m[c]) for c in PRECISION_COLUMNS)]
+    return [with_interval(scored.intervals[m.name]) if m.name in scored.intervals
+            else pct(scored.metrics[m.name]) for m in METRICS]
 
 
 def leaderboard(slug: str, title: str, entries: Sequence[tuple[str, Scored]],
                 calibration_split: str | None, confidence: float) -> Table:
-    """Seed 003's tables 1-2: a row per method, threshold, oIoU and mIoU with intervals, P@k."""
-    semantic = any("semantic" in s.summary for _, s in entries)
-    columns = ["Method", "Threshold", "oIoU", "mIoU", *PRECISION_COLUMNS, "n"]
+    """A row per method (the attribute-binding write-up's tables 1-2): threshold, every metric
+    (intervals where the metric has them), n; semantic data adds the dataset-level mIoU."""
+    semantic = any(s.semantic is not None for _, s in entries)
+    columns = ["Method", "Threshold", *METRIC_COLUMNS, "n"]
     if semantic:
-        columns.insert(4, "semantic mIoU")
+        columns.insert(2 + len(INTERVALLED), "semantic mIoU")
     rows = []
     for label, s in entries:
-        row = [Cell(label, label, link=run_link(s.run.record.run_key)), _threshold_cell(s),
-               *_metric_cells(s), Cell(str(s.summary["n"]), s.summary["n"])]
+        row = [Cell(label, label, link=run_link(s.run_key)), _threshold_cell(s),
+               *_metric_cells(s), Cell(str(s.n), s.n)]
         if semantic:
-            row.insert(4, pct(s.summary.get("semantic", {}).get("mIoU")))
+            row.insert(2 + len(INTERVALLED), pct(s.figure(SEMANTIC_MIOU)))
         rows.append(row)
-    notes = [f"oIoU and mIoU in percent with {confidence:.0%} bootstrap intervals (images "
-             f"resampled)."] + _threshold_notes([s for _, s in entries], calibration_split)
+    notes = [f"Metrics in percent; {', '.join(INTERVALLED)} with {confidence:.0%} bootstrap "
+             f"intervals (images resampled)."] + _threshold_notes([s for _, s in entries], calibration_split)
     return Table(slug, title, columns, rows, notes)
 
 
@@ -137,17 +140,19 @@ def comparison_table(slug: str, title: str, pairs: Sequence[tuple[str, str, Pair
     return Table(slug, title, columns, rows, notes)
 
 
-def ablation_table(slug: str, title: str, params: Sequence[str], cells: Sequence[GridCell],
-                   calibration_split: str | None, confidence: float) -> Table:
-    """Seed 003's tables 3-4: a row per grid cell with its threshold and metrics."""
-    columns = [*params, "Threshold", "oIoU", "mIoU", *PRECISION_COLUMNS]
+def ablation_table(slug: str, title: str, params: Sequence[str],
+                   cells: Sequence[tuple[dict[str, str], Scored]], calibration_split: str | None,
+                   confidence: float) -> Table:
+    """A row per grid cell (the attribute-binding write-up's tables 3-4): its parameter values,
+    threshold and metrics."""
+    columns = [*params, "Threshold", *METRIC_COLUMNS]
     rows = []
-    for cell in cells:
-        link = run_link(cell.scored.run.record.run_key)
-        values = [Cell(v, _number_or_text(v), link=link) for v in cell.values.values()]
-        rows.append([*values, _threshold_cell(cell.scored), *_metric_cells(cell.scored)])
-    notes = [f"One run per row; oIoU and mIoU in percent with {confidence:.0%} bootstrap "
-             f"intervals."] + _threshold_notes([c.scored for c in cells], calibration_split)
+    for values, scored in cells:
+        link = run_link(scored.run_key)
+        shown = [Cell(v, _number_or_text(v), link=link) for v in values.values()]
+        rows.append([*shown, _threshold_cell(scored), *_metric_cells(scored)])
+    notes = [f"One run per row; {', '.join(INTERVALLED)} in percent with {confidence:.0%} "
+             f"bootstrap intervals."] + _threshold_notes([s for _, s in cells], calibration_split)
     return Table(slug, title, columns, rows, notes)
 
 
@@ -156,3 +161,22 @@ def _number_or_text(value: str) -> float | str:
         return float(value)
     except ValueError:
         return value
+
+
+# -- text --------------------------------------------------------------------------------------
+def with_interval_text(cell: Cell, sep: str = " ") -> str:
+    return cell.text if cell.low is None else f"{cell.text}{sep}[{cell.low}, {cell.high}]"
+
+
+def to_text(table: Table) -> str:
+    body = [[with_interval_text(c) for c in row] for row in table.rows]
+    return "\n".join([table.title, *aligned([table.columns, *body], markdown=False), *table.notes])
+
+
+def aligned(lines: list[list[str]], markdown: bool) -> list[str]:
+    widths = [max(3, *(len(line[j]) for line in lines)) for j in range(len(lines[0]))]
+    pad = lambda line: [c.ljust(w) if j == 0 else c.rjust(w) for j, (c, w) in enumerate(zip(line, widths))]  # noqa: E731
+    if markdown:
+        rule = ["-" * w if j == 0 else "-" * (w - 1) + ":" for j, w in enumerate(widths)]
+        return ["| " + " | ".join(pad(line)) + " |" for line in [lines[0], rule, *lines[1:]]]
+    return ["  ".join(pad(line)) for line in [lines[0], ["-" * w for w in widths], *lines[1:]]]

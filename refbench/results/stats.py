@@ -19,7 +19,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from refbench.metrics import iou
+from refbench.results.metrics import INTERVAL_METRICS, metric, ratio_parts
 
 DEFAULT_RESAMPLES = 2000
 DEFAULT_CONFIDENCE = 0.95
@@ -83,32 +83,42 @@ def _percentiles(replicates: np.ndarray, confidence: float) -> tuple[float, floa
     return float(low), float(high)
 
 
+@dataclass(frozen=True)
+class StatsOptions:
+    """How intervals and paired tests are computed (a spec's ``statistics:``)."""
+
+    resamples: int = DEFAULT_RESAMPLES
+    confidence: float = DEFAULT_CONFIDENCE
+    seed: int = 0
+
+
 def bootstrap_ci(inter: np.ndarray, union: np.ndarray, clusters: np.ndarray,
                  resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
-                 seed: int = 0) -> dict[str, Interval]:
-    """Percentile bootstrap intervals of oIoU and mIoU, resampling clusters (images).
+                 seed: int = 0, names: tuple[str, ...] = INTERVAL_METRICS) -> dict[str, Interval]:
+    """Percentile bootstrap intervals of the named metrics, resampling clusters (images).
 
     ``inter`` and ``union`` are per-sample counts at one threshold; ``clusters`` the image id of
-    each sample. A replicate's oIoU is ΣI/ΣU and its mIoU the mean IoU over the sentences of the
-    drawn images (an image drawn twice counts twice), exactly as the metrics define them.
+    each sample. Every metric is a ratio of per-sample sums (``metrics``), so a replicate's value
+    is its drawn clusters' summed numerator over their summed denominator: oIoU is the drawn
+    images' ΣI/ΣU, mIoU the mean IoU over their sentences (an image drawn twice counts twice),
+    exactly as the metrics define them.
     """
     inter = np.asarray(inter, dtype=np.float64)
     union = np.asarray(union, dtype=np.float64)
     if len(inter) == 0:
         nan = Interval(float("nan"), float("nan"), float("nan"))
-        return {"oIoU": nan, "mIoU": nan}
-    sums = cluster_sums(np.stack([inter, union, iou(inter, union), np.ones_like(inter)], 1), clusters)
+        return {name: nan for name in names}
+    sums = cluster_sums(ratio_parts(inter, union, names), clusters)
     rng = np.random.default_rng(seed)
-    parts = [weights @ sums for weights in bootstrap_weights(rng, len(sums), resamples)]
-    totals = np.concatenate(parts)  # (resamples, 4)
-    o_iou = np.divide(totals[:, 0], totals[:, 1], out=np.ones(len(totals)), where=totals[:, 1] > 0)
-    m_iou = totals[:, 2] / totals[:, 3]
+    totals = np.concatenate([weights @ sums for weights in bootstrap_weights(rng, len(sums), resamples)])
     whole = sums.sum(0)
-    return {
-        "oIoU": Interval(float(whole[0] / whole[1]) if whole[1] > 0 else 1.0,
-                         *_percentiles(o_iou, confidence)),
-        "mIoU": Interval(float(whole[2] / whole[3]), *_percentiles(m_iou, confidence)),
-    }
+    out = {}
+    for j, name in enumerate(names):
+        num, den, empty = totals[:, 2 * j], totals[:, 2 * j + 1], metric(name).when_empty
+        replicates = np.divide(num, den, out=np.full(len(totals), empty), where=den > 0)
+        estimate = float(whole[2 * j] / whole[2 * j + 1]) if whole[2 * j + 1] > 0 else empty
+        out[name] = Interval(estimate, *_percentiles(replicates, confidence))
+    return out
 
 
 def win_tie_loss(iou_a: np.ndarray, iou_b: np.ndarray, tolerance: float = 1e-9) -> tuple[int, int, int]:

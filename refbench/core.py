@@ -1,0 +1,448 @@
+"""The evaluation core: plan -> shard -> predict -> score -> store -> Results.
+
+``refbench.evaluate`` (the Python API) and every command that evaluates (``run``, ``grid``,
+``report``, ``regress``, the gallery's rerun) go through this module, so they resume, share
+work, split it between processes and score it in exactly one way:
+
+1. everything is checked first (methods, configs, data set options, calibration, settings), and
+   only then is the data set opened and a split planned (its samples, cut by ``limit``);
+2. each method is built once for all splits and registered as a run in the store (the run key
+   fixes which stored rows it may reuse);
+3. what the store lacks is computed batch-major: each batch of whole groups is loaded once and
+   every run that still needs it predicts on it, so work cached per (image, seed) is shared by
+   the cells of a grid. Independent writers on one store claim batches (``store.Lease``), so
+   together they compute each sample once; processes started by ``accelerate launch`` take
+   contiguous shards into shard files that the main process merges (``distributed``);
+4. the figures are computed from the store, reading each run's rows once, at thresholds
+   calibrated on another split (``results``), and returned as ``Results``.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+import time
+from collections import deque
+from collections.abc import Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from refbench import distributed, provenance
+from refbench.candidates import Candidate, resolve_methods
+from refbench.config import overrides_from
+from refbench.data.images import check_images_exist, load_rgb
+from refbench.data.sample import Dataset, Sample, first_samples, group_batches
+from refbench.data.source import DataSource, check_source, generate_missing, open_dataset
+from refbench.errors import UserError
+from refbench.method import Batch, Method, Prediction, sample_seed
+from refbench.plugins import PluginHost
+from refbench.results.calibration import DEFAULT_CRITERION, Calibration, calibrated
+from refbench.results.scored import RunRows, Scored, Work
+from refbench.results.scoring import prediction_map, score_batch, sweep_thresholds
+from refbench.results.stats import StatsOptions
+from refbench.results.summary import Results, SplitInfo
+from refbench.store import Lease, RunRecord, Store
+
+MAX_LIMIT = 2**62  # SQLite integers are 64-bit
+CLAIM_POLL_SECONDS = 0.25  # how often a writer waiting on others' claims looks again
+
+
+@dataclass(frozen=True)
+class Settings:
+    """How an evaluation runs; none of these changes a figure except ``seed``, ``limit`` and
+    the sweep."""
+
+    seed: int = 0
+    limit: int | None = None  # the first N samples of each split: a smoke test, marked
+    batch_size: int = 8
+    sweep_step: float = 0.05
+    progress: bool = False
+
+    def check(self) -> None:
+        for name in ("seed", "batch_size"):
+            if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
+                raise UserError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if self.batch_size < 1:
+            raise UserError(f"batch size must be at least 1, got {self.batch_size}")
+        if self.limit is not None and (not isinstance(self.limit, int) or not 1 <= self.limit <= MAX_LIMIT):
+            raise UserError(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {self.limit!r}")
+        if not isinstance(self.sweep_step, (int, float)) or not 0 < self.sweep_step < 1:
+            raise UserError(f"the sweep step must be between 0 and 1, got {self.sweep_step!r}")
+
+    @property
+    def thresholds(self) -> tuple[float, ...]:
+        return sweep_thresholds(self.sweep_step)
+
+
+@dataclass
+class SplitPlan:
+    """What is evaluated on one split: its samples (cut by limit) and the sweep."""
+
+    dataset: Dataset
+    root: Path
+    split: str
+    samples: list[Sample]
+    fingerprint: str
+    thresholds: tuple[float, ...]
+
+    @property
+    def semantic(self) -> bool:
+        return self.dataset.task == "semantic"
+
+    def info(self) -> SplitInfo:
+        return SplitInfo(self.dataset.name, self.split, self.dataset.task, str(self.root),
+                         self.fingerprint, len(self.samples))
+
+
+def plan_split(dataset: Dataset, root: Path, split: str, settings: Settings) -> SplitPlan:
+    """List the split's samples, failing early on missing images."""
+    samples = first_samples(dataset.samples(split), settings.limit)
+    if not samples:
+        raise UserError(f"split {split!r} of {dataset.name} has no samples")
+    check_images_exist([s.image_path for s in samples])
+    return SplitPlan(dataset, root, split, samples, dataset.fingerprint(split), settings.thresholds)
+
+
+@dataclass
+class MethodRun:
+    """One candidate evaluated on one split: a run in the store."""
+
+    candidate: Candidate
+    record: RunRecord
+    work: Work = field(default_factory=Work)
+
+
+def start_run(candidate: Candidate, method: Method, plan: SplitPlan, store: Any,
+              settings: Settings) -> MethodRun:
+    """Register the run; its key (method fingerprint, data set fingerprint, seed, sweep) fixes
+    which stored rows it may reuse."""
+    method_fp = candidate.fingerprint(method)
+    record = RunRecord(
+        run_key=provenance.run_key(method_fp, plan.fingerprint, settings.seed, plan.thresholds),
+        method=candidate.name, method_fingerprint=method_fp, config=candidate.config_dict,
+        dataset=plan.dataset.name, split=plan.split, dataset_fingerprint=plan.fingerprint,
+        seed=settings.seed, thresholds=plan.thresholds, versions=provenance.versions(),
+        git_hash=provenance.git_hash(), limit_n=settings.limit, info={"plugin": candidate.plugin})
+    store.register_run(record)
+    return MethodRun(candidate, record)
+
+
+# -- predicting ------------------------------------------------------------------------------
+def predict(method: Method, name: str, samples: list[Sample], images: list[np.ndarray],
+            seeds: list[int]) -> list[Prediction]:
+    """The one place a method is called."""
+    predictions = method.predict(Batch(samples, images, seeds))
+    if not isinstance(predictions, (list, tuple)) or len(predictions) != len(samples):
+        got = len(predictions) if isinstance(predictions, (list, tuple)) else type(predictions).__name__
+        raise UserError(f"method {name!r} returned {got} predictions for {len(samples)} samples: "
+                        f"predict(batch) returns a list with one Prediction per sample")
+    return list(predictions)
+
+
+def predict_maps(host: PluginHost, candidate: Candidate, samples: Sequence[Sample],
+                 images: Sequence[np.ndarray], seed: int, batch_size: int) -> list[np.ndarray]:
+    """A method's validated outputs on chosen samples, seeded exactly as in a scored run (the
+    gallery shows score maps, which the store does not keep)."""
+    method = candidate.build(host)
+    index = {s.sample_id: i for i, s in enumerate(samples)}
+    maps: list[np.ndarray] = [np.empty(0)] * len(samples)
+    for batch in group_batches(list(samples), batch_size):
+        picked = [index[s.sample_id] for s in batch]
+        predictions = predict(method, candidate.name, batch, [images[i] for i in picked],
+                              [sample_seed(seed, s.sample_id) for s in batch])
+        for i, sample, prediction in zip(picked, batch, predictions):
+            maps[i] = prediction_map(prediction, sample, candidate.name)
+    return maps
+
+
+# -- computing what the store lacks ------------------------------------------------------------
+@dataclass
+class _Job:
+    run: MethodRun
+    method: Method
+    pending: set[str]  # sample ids this run still lacks
+
+
+def compute(host: PluginHost, candidates: Sequence[Candidate], plans: Sequence[SplitPlan],
+            store: Any, settings: Settings, *, together: bool = False,
+            cluster: distributed.Cluster | None = None) -> list[list[MethodRun]]:
+    """Compute what each candidate lacks on each plan; the result is indexed [candidate][plan].
+
+    Each method is built once for all the plans. ``together=False`` holds one method in memory
+    at a time (different models on one GPU); ``together=True`` builds them all and runs them
+    batch-major (the cells of a grid, which share a backbone and per-sample work).
+    """
+    cluster = cluster or distributed.Cluster()
+    outcomes: list[list[MethodRun]] = [[] for _ in candidates]
+    built: list[tuple[int, Candidate, Method]] = []
+
+    def flush() -> None:
+        for plan in plans:
+            jobs: dict[str, _Job] = {}
+            for i, cand, method in built:
+                run = start_run(cand, method, plan, store, settings)
+                if run.record.run_key in jobs:  # the same config under two labels: computed once
+                    run = jobs[run.record.run_key].run
+                else:
+                    jobs[run.record.run_key] = _Job(run, method, set())
+                outcomes[i].append(run)
+            _fill(list(jobs.values()), plan, store, settings, cluster)
+        built.clear()
+
+    for i, cand in enumerate(candidates):
+        built.append((i, cand, cand.build(host)))
+        if not together:
+            flush()  # and drop the model before the next one is built
+    flush()
+    return outcomes
+
+
+def _fill(jobs: list[_Job], plan: SplitPlan, store: Any, settings: Settings,
+          cluster: distributed.Cluster) -> None:
+    for job in jobs:
+        done = store.done_ids(job.run.record.run_key)
+        job.pending = {s.sample_id for s in plan.samples if s.sample_id not in done}
+        job.run.work.reused = len(plan.samples) - len(job.pending)
+    todo = [s for s in plan.samples if any(s.sample_id in job.pending for job in jobs)]
+    if not todo:
+        return
+    if cluster.distributed:
+        todo = distributed.shard_groups(todo, cluster.rank, cluster.world, key=lambda s: s.group)
+    from tqdm import tqdm
+
+    names = jobs[0].run.candidate.label if len(jobs) == 1 else f"{len(jobs)} runs"
+    mine = {s.sample_id for s in todo}
+    with tqdm(total=sum(len(job.pending & mine) for job in jobs), unit="sample", file=sys.stderr,
+              desc=f"{names} on {plan.dataset.name}/{plan.split}", dynamic_ncols=True,
+              disable=not (settings.progress and cluster.is_main)) as bar:
+        if cluster.distributed:  # a shard of its own: nobody else computes these
+            for batch in group_batches(todo, settings.batch_size):
+                _compute(jobs, [(j, batch) for j in range(len(jobs))], plan, store, settings, None, bar)
+        else:
+            with Lease(store) as lease:
+                _claimed(jobs, todo, plan, store, settings, lease.owner, bar)
+
+
+def _claimed(jobs: list[_Job], todo: list[Sample], plan: SplitPlan, store: Store,
+             settings: Settings, owner: str, bar: Any) -> None:
+    """Claim batches of groups, compute them, write them; wait for groups other live writers
+    hold, and take over those whose writer died."""
+    groups = [list(members) for members in _groups(todo)]
+    queue: deque[tuple[list[Sample], set[int]]] = deque(
+        (members, {j for j, job in enumerate(jobs) if members[0].sample_id in job.pending})
+        for members in groups)
+    deferred: list[tuple[list[Sample], set[int]]] = []
+    order = {s.sample_id: k for k, s in enumerate(todo)}
+    while queue or deferred:
+        if not queue:
+            time.sleep(CLAIM_POLL_SECONDS)
+            queue.extend(deferred)
+            deferred.clear()
+        taken, size = [], 0
+        while queue and size < settings.batch_size:
+            members, runs = queue.popleft()
+            taken.append((members, runs))
+            size += len(members)
+        wanted = [(jobs[j].run.record.run_key, members[0].group, members[0].sample_id)
+                  for members, runs in taken for j in sorted(runs)]
+        granted, held = store.claim(owner, wanted)
+        granted_set, held_set = set(granted), set(held)
+        picks: dict[int, list[Sample]] = {}
+        for members, runs in taken:
+            waiting = set()
+            for j in runs:
+                pair = (jobs[j].run.record.run_key, members[0].group)
+                if pair in granted_set:
+                    picks.setdefault(j, []).extend(members)
+                elif pair in held_set:
+                    waiting.add(j)
+                else:  # written by another writer meanwhile
+                    bar.update(len(members))
+            if waiting:
+                deferred.append((members, waiting))
+        _compute(jobs, [(j, sorted(p, key=lambda s: order[s.sample_id])) for j, p in sorted(picks.items())],
+                 plan, store, settings, owner, bar)
+
+
+def _groups(samples: Sequence[Sample]) -> Iterator[list[Sample]]:
+    batch: list[Sample] = []
+    for sample in samples:
+        if batch and sample.group != batch[-1].group:
+            yield batch
+            batch = []
+        batch.append(sample)
+    if batch:
+        yield batch
+
+
+def _compute(jobs: list[_Job], picks: list[tuple[int, list[Sample]]], plan: SplitPlan, store: Any,
+             settings: Settings, owner: str | None, bar: Any) -> None:
+    """Load a batch's images once, then let each job predict its part, score it, write it."""
+    needed = list({s.sample_id: s for _, sub in picks for s in sub}.values())
+    images = {s.sample_id: load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in needed}
+    for j, sub in picks:
+        sub = [s for s in sub if s.sample_id in jobs[j].pending]
+        if not sub:
+            continue
+        run, method = jobs[j].run, jobs[j].method
+        start = time.perf_counter()
+        predictions = predict(method, run.candidate.name, sub, [images[s.sample_id] for s in sub],
+                              [sample_seed(settings.seed, s.sample_id) for s in sub])
+        rows, groups = score_batch(sub, predictions, run.candidate.name, plan.thresholds, plan.dataset)
+        store.write(run.record.run_key, rows, groups, owner=owner)
+        run.work.seconds += time.perf_counter() - start
+        run.work.computed += len(sub)
+        jobs[j].pending.difference_update(s.sample_id for s in sub)
+        bar.update(len(sub))
+
+
+def compute_everywhere(host: PluginHost, candidates: Sequence[Candidate], plans: Sequence[SplitPlan],
+                       store: Store, settings: Settings, together: bool,
+                       cluster: distributed.Cluster) -> list[list[MethodRun]]:
+    """``compute``, alone or as one of the processes ``accelerate launch`` started: then each
+    writes its shard to a file of its own and the main process merges them into ``store``;
+    every process returns with the merged store."""
+    if cluster.is_main and not store.temporary:  # rows a killed sharded run left come first
+        distributed.merge_shards(store)
+    if not cluster.distributed:
+        return compute(host, candidates, plans, store, settings, together=together, cluster=cluster)
+    cluster.barrier()
+    sink = distributed.ShardWriter(store, distributed.new_shard_path(store.path, cluster.rank))
+    try:
+        runs = compute(host, candidates, plans, sink, settings, together=together, cluster=cluster)
+    finally:
+        sink.close()
+    work = cluster.gather([[(r.work.computed, r.work.seconds) for r in per] for per in runs])
+    cluster.barrier()
+    if cluster.is_main:
+        distributed.merge_shards(store)
+    cluster.barrier()
+    for i, per in enumerate(runs):
+        for j, run in enumerate(per):
+            run.work.computed = sum(rank[i][j][0] for rank in work)
+            run.work.seconds = max(rank[i][j][1] for rank in work)
+    return runs
+
+
+# -- the whole evaluation --------------------------------------------------------------------------
+def check_evaluation(host: PluginHost, source: DataSource, splits: Sequence[str],
+                     calibration: Calibration, settings: Settings) -> None:
+    """Everything about an evaluation that can be checked without opening the data."""
+    if not splits:
+        raise UserError("no split given: name the split(s) to report")
+    settings.check()
+    check_source(host, source)
+    calibration.check(list(splits), settings.thresholds, f"dataset {source.name}")
+
+
+def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: DataSource,
+                   splits: Sequence[str], *, store: Store, settings: Settings,
+                   calibration: Calibration, statistics: StatsOptions,
+                   breakdown: str | None = None, together: bool = False,
+                   cluster: distributed.Cluster | None = None, generate: bool = False) -> Results:
+    """Evaluate ``candidates`` on the reported ``splits`` (and the calibration split) of one
+    data set, computing what ``store`` lacks, and score them."""
+    check_evaluation(host, source, splits, calibration, settings)
+    cluster = cluster or distributed.detect()
+    if cluster.distributed and store.temporary:
+        raise UserError("several processes evaluate into one store: pass store= a path on a "
+                        "folder every process sees")
+    if generate and cluster.is_main:
+        generate_missing(host, source)  # once, before any process opens it
+    cluster.barrier()
+    dataset = open_dataset(host, source)
+    root = source.resolved_root(host)
+    computed = list(dict.fromkeys([*splits, *([calibration.split] if calibration.split else [])]))
+    plans = [plan_split(dataset, root, split, settings) for split in computed]
+    runs = compute_everywhere(host, candidates, plans, store, settings, together, cluster)
+
+    scored: dict[tuple[str, str], Scored] = {}
+    calibrating: dict[str, Scored] = {}
+    for cand, per_plan in zip(candidates, runs):
+        rows = {plan.split: RunRows.load(store, run.record.run_key, plan.samples, plan.thresholds,
+                                         plan.semantic)  # each run's rows, read once
+                for run, plan in zip(per_plan, plans)}
+        sweeps = None
+        if calibration.split is not None:
+            cal = rows[calibration.split]
+            sweeps = None if cal.is_mask else cal.sweeps()
+            if calibration.split not in splits:
+                run = per_plan[computed.index(calibration.split)]
+                threshold = calibrated(calibration, calibration.split, sweeps, cal.is_mask)
+                calibrating[cand.label] = Scored.of(cand.label, run.record, cand.plugin, run.work,
+                                                    cal, threshold, statistics, breakdown)
+        for split in splits:
+            run = per_plan[computed.index(split)]
+            threshold = calibrated(calibration, split, sweeps, rows[split].is_mask)
+            scored[(cand.label, split)] = Scored.of(cand.label, run.record, cand.plugin, run.work,
+                                                    rows[split], threshold, statistics, breakdown)
+    if cluster.is_main and not store.temporary:
+        for s in [*scored.values(), *calibrating.values()]:
+            if counts := s.rows.counts():
+                store.update_run_info(s.run_key, {"counts": counts})
+    results = Results(splits=[plans[computed.index(s)].info() for s in splits], scored=scored,
+                      calibration=calibration, statistics=statistics, seed=settings.seed,
+                      limit=settings.limit, batch_size=settings.batch_size,
+                      processes=cluster.world, breakdown=breakdown, calibrating=calibrating,
+                      samples={s: plans[computed.index(s)].samples for s in splits})
+    return results
+
+
+@contextmanager
+def open_store(store: Store | str | Path | None) -> Iterator[Store]:
+    """The store to evaluate into: the one given, a file path, or (None) a temporary one that is
+    deleted afterwards (``Results`` keep everything they show in memory)."""
+    if isinstance(store, Store):
+        yield store
+        return
+    if store is not None:
+        with Store(Path(store)) as opened:
+            yield opened
+        return
+    with tempfile.TemporaryDirectory(prefix="refbench-") as folder:
+        with Store(Path(folder) / "store.sqlite") as opened:
+            opened.temporary = True
+            yield opened
+
+
+def evaluate(methods: str | Sequence[str | Any], dataset: str, split: str | Sequence[str], *,
+             set: Mapping[str, Any] | Sequence[str] | None = None,  # noqa: A002 (the CLI's --set)
+             data_root: str | Path | None = None, dataset_options: Mapping[str, Any] | None = None,
+             store: Store | str | Path | None = None, seed: int = 0, limit: int | None = None,
+             batch_size: int = 8, calibration: str | Calibration | None = None,
+             threshold: float = 0.5, criterion: str = DEFAULT_CRITERION,
+             tune_on_reported_split: bool = False, sweep_step: float = 0.05,
+             breakdown: str | None = "kind", statistics: StatsOptions | None = None,
+             together: bool = False, host: PluginHost | None = None, progress: bool = False,
+             generate: bool = False) -> Results:
+    """Evaluate methods on a data set split and return the figures.
+
+    ``methods``: registered names (``"gt_box"``, or ``"gt_box,full_image"``) or objects with a
+    ``predict(batch)`` method (see ``refbench.method``), registered nowhere. ``set``: config
+    values as Python values, ``{"gt_box.grow": 0.1}``, ``{"gt_box": {"grow": 0.1}}`` or
+    ``{"*.backbone": "tiny"}``. ``split``: one split or several. ``calibration``: the split the
+    score-map thresholds are chosen on (by ``criterion``), or None to report them at
+    ``threshold``. ``store``: a ``Store`` or a path to a ``store.sqlite`` to resume from and
+    write to; by default a temporary one, deleted afterwards. ``generate`` writes a missing
+    synthetic data set (RefShapes) to its root first.
+
+    Prints nothing (unless ``progress``) and writes nothing but the store it is given. Every
+    name, key and value is checked before the data set is opened or any model is loaded.
+    """
+    host = host or PluginHost()
+    candidates = resolve_methods(host, methods, overrides_from(set))
+    source = DataSource(dataset, Path(data_root) if data_root is not None else None,
+                        dict(dataset_options or {}))
+    if not isinstance(calibration, Calibration):
+        calibration = Calibration(calibration, criterion, tune_on_reported_split, threshold)
+    splits = [split] if isinstance(split, str) else list(split)
+    settings = Settings(seed, limit, batch_size, sweep_step, progress)
+    check_evaluation(host, source, splits, calibration, settings)
+    with open_store(store) as opened:
+        return run_evaluation(host, candidates, source, splits, store=opened, settings=settings,
+                              calibration=calibration, statistics=statistics or StatsOptions(),
+                              breakdown=breakdown, together=together, generate=generate)
