@@ -88,22 +88,31 @@ def field_names(spec: MethodSpec) -> set[str]:
     return {f.name for f in dataclasses.fields(config_cls)} if config_cls else set()
 
 
-def resolve_config(spec: MethodSpec, overrides: Sequence[Override]) -> Any | None:
-    """The method's config (defaults plus the overrides aimed at it), validated; None for a
-    method without a Config."""
+def resolve_config(spec: MethodSpec, overrides: Sequence[Override],
+                   host: PluginHost | None = None) -> Any | None:
+    """The method's config (defaults, then what its backbone recommends for it, then the
+    overrides aimed at it), validated; None for a method without a Config."""
     config_cls = config_class(spec)
     if config_cls is None:
         if any(o.target == spec.name for o in overrides):
             raise UserError(f"method {spec.name!r} takes no config keys")
         return None
-    return build_config(config_cls, spec.name, list(overrides))
+    config = build_config(config_cls, spec.name, list(overrides))
+    backbone = getattr(config, "backbone", None)
+    if host is None or not isinstance(backbone, str) or backbone not in host.backbones:
+        return config
+    recommended = host.backbone(backbone).recommended.get(spec.name, {})
+    if not recommended:
+        return config
+    base = [Override(spec.name, key, value) for key, value in recommended.items()]
+    return build_config(config_cls, spec.name, [*base, *overrides])
 
 
 def candidate(host: PluginHost, name: str, overrides: Sequence[Override] = (),
               label: str | None = None) -> Candidate:
     """A registered method with its config."""
     spec = host.method(name)
-    return Candidate(label or name, name, spec.plugin, resolve_config(spec, overrides), spec=spec)
+    return Candidate(label or name, name, spec.plugin, resolve_config(spec, overrides, host), spec=spec)
 
 
 def from_object(method: Any) -> Candidate:

@@ -177,6 +177,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="first N samples of each split (a smoke test, marked on every page)")
     report.add_argument("--no-progress", action="store_true", help="hide progress bars")
 
+    reported = sub.add_parser("reported", help="list the published figures specs can show beside "
+                              "measured ones (leaderboards/reported.yaml)")
+    reported.add_argument("--file", type=Path, default=Path("leaderboards") / "reported.yaml",
+                          help="the registry (default leaderboards/reported.yaml)")
+
     regress = sub.add_parser("regress", help="recompute a spec's leaderboards and compare them "
                              "with its committed baseline (exit 1 on a regression)")
     regress.add_argument("spec", type=Path, help="a spec with a 'regress:' section, e.g. leaderboards/ci.yaml")
@@ -412,7 +417,19 @@ def cmd_regress(args: argparse.Namespace) -> int:
                    progress=not args.no_progress)
 
 
-COMMANDS = {"ls": cmd_ls, "run": cmd_run, "data": cmd_make_shapes, "train": cmd_train,
+def cmd_reported(args: argparse.Namespace) -> int:
+    from refbench.reported import curve_text, load_registry
+
+    entries = load_registry(args.file)
+    width = max((len(k) for k in entries), default=0)
+    for key, e in entries.items():
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in e.metrics.items()) or curve_text(e)
+        print(f"{key.ljust(width)}  {e.method} on {e.dataset} {e.split}: {figures}")
+        print(f"{'':{width}}  {e.work.citation()}; {e.source}")
+    return 0
+
+
+COMMANDS = {"ls": cmd_ls, "reported": cmd_reported, "run": cmd_run, "data": cmd_make_shapes, "train": cmd_train,
             "pretrain-shapes": cmd_pretrain_shapes, "grid": cmd_grid, "report": cmd_report, "regress": cmd_regress}
 
 
@@ -427,6 +444,9 @@ def main(argv: list[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("refbench: interrupted; finished batches are stored, rerun to resume", file=sys.stderr)
         return 130
+    except BrokenPipeError:  # the reader went away (`refbench reported | head`): nothing to say
+        sys.stderr.close()
+        return 0
 
 
 if __name__ == "__main__":

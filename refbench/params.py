@@ -23,7 +23,7 @@ def parameter_counts(host: PluginHost, spec: MethodSpec,
         return None
     fields = getattr(config_cls, "__dataclass_fields__", {})
     overrides = [Override(spec.name, "backbone", backbone)] if backbone and "backbone" in fields else []
-    config = resolve_config(spec, overrides)
+    config = resolve_config(spec, overrides, host)
     if hasattr(factory, "parameter_counts"):
         return factory.parameter_counts(config, host)
     if hasattr(factory, "network"):

@@ -62,10 +62,15 @@ class DatasetSpec:
 
 @dataclass(frozen=True)
 class BackboneSpec:
-    """A diffusion backbone: ``factory(**options)`` returns the loaded components."""
+    """A diffusion backbone: ``factory(**options)`` returns the loaded components.
+
+    ``recommended`` maps a method name to config values that suit this backbone (for example
+    DiffSegmenter's attention weights for a model with other resolutions): a method configured
+    with ``backbone=<this name>`` starts from them, and what the user sets wins."""
 
     name: str
     factory: str
     summary: str = ""
     options: dict[str, Any] = field(default_factory=dict)
     plugin: str = field(default="", compare=False)
+    recommended: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)

@@ -134,7 +134,7 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
         if getattr(options, name) < 1:
             raise UserError(f"--{name.replace('_', '-')} must be at least 1")
     factory = resolve(spec.factory)
-    config = resolve_config(spec, options.overrides)
+    config = resolve_config(spec, options.overrides, host)
     resolved = config_dict(config)
     resolved.pop("checkpoint", None)
     dataset = open_dataset(host, DataSource(options.dataset, options.data_root,

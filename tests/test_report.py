@@ -16,7 +16,7 @@ from refbench.data.masks import decode
 from refbench.data.refer import ReferDataset
 from refbench.report.exports import to_latex, to_markdown
 from refbench.results.tables import Cell, Table
-from tests.conftest import HOSTILE_LABEL, PLUGIN_ENV, assert_user_error, report_spec, run_cli
+from tests.conftest import HOSTILE_LABEL, PLUGIN_ENV, REPO, assert_user_error, report_spec, run_cli
 
 
 class _Links(HTMLParser):
@@ -219,3 +219,32 @@ def test_gallery_warns_when_a_rerun_differs_from_the_scored_counts(report_site: 
     assert result.returncode == 0, result.stderr
     page = (tmp_path / "site" / "gallery.html").read_text()
     assert page.count(warning) == 1  # the tampered sample, and not the other one shown
+
+
+def test_reported_rows_cite_their_source_and_are_marked(shapes_root, tmp_path: Path):
+    """A spec's published figures: rows in the leaderboard of their data set and split, marked
+    reported, and a table of all of them with citations; an unknown id is an error."""
+    registry = REPO / "leaderboards" / "reported.yaml"
+    (tmp_path / "reported.yaml").write_text(registry.read_text().replace(
+        "dataset: refcoco\n    split: val\n    backbone: Stable Diffusion 1.5\n    protocol: image and mask squashed to 512x512, IoU there; token length 40\n    metrics: {P@0.5: 85.52",
+        "dataset: refshapes\n    split: testA\n    backbone: Stable Diffusion 1.5\n    protocol: image and mask squashed to 512x512, IoU there; token length 40\n    metrics: {P@0.5: 85.52", 1))
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(report_spec(shapes_root, tmp_path / "store", grids="", gallery="")
+                    + "reported: [vpd-refcoco-val, diffsegmenter-voc]\n")
+    result = run_cli("report", str(spec), "--out", str(tmp_path / "site"), "--no-progress", env=PLUGIN_ENV)
+    assert result.returncode == 0, result.stderr
+    rows = {r["Method"]: r for r in _csv(tmp_path / "site", "leaderboard-refshapes-testA.csv")}
+    vpd = rows["VPD [reported: Zhao W., ICCV 2023]"]
+    assert vpd["Threshold"] == "reported" and vpd["oIoU"] == "73.46" and vpd["n"] == "-"
+    assert not any("reported" in m for m in _csv(tmp_path / "site", "leaderboard-refshapes-testB.csv")[0])
+    published = _csv(tmp_path / "site", "reported.csv")
+    assert [r["Method"] for r in published] == ["VPD", "DiffSegmenter"]
+    assert "Unleashing Text-to-Image Diffusion Models for Visual Perception" in published[0]["Work"]
+    assert "semantic_mIoU 60.10" in published[1]["Reported (percent)"]
+    assert "Published figures" in (tmp_path / "site" / "index.html").read_text()
+    spec.write_text(report_spec(shapes_root, tmp_path / "store", grids="", gallery="")
+                    + "reported: [vpd-refcoco-vall]\n")
+    assert_user_error(run_cli("report", str(spec), "--out", str(tmp_path / "s2"), env=PLUGIN_ENV),
+                      "unknown reported figure", "did you mean 'vpd-refcoco-val'")
+    listing = run_cli("reported", "--file", str(registry))
+    assert listing.returncode == 0 and "vpd-refcocog-val" in listing.stdout and "Nanli Wu" in listing.stdout

@@ -20,7 +20,7 @@ from refbench.diffusion.plugin import SHAPES_DIR
 from tests.conftest import assert_user_error, run_cli
 
 # the settings leaderboards/refshapes.yaml uses (chosen on RefShapes train)
-DS_SHAPES = ["--set", "diffsegmenter.weights=0.1,0.3,0.6", "--set", "diffsegmenter.timesteps=100",
+DS_SHAPES = ["--set", "diffsegmenter.weights=0,0.1,0.3,0.6", "--set", "diffsegmenter.timesteps=100",
              "--set", "diffsegmenter.refine=false"]
 VPD_SHAPES = ["decoder_width=64", "attn_resolutions=32,64", "checkpoint=shipped", "backbone=shapes"]
 

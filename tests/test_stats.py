@@ -138,3 +138,13 @@ def test_bootstrap_is_fast_on_100k_samples():
     start = time.perf_counter()
     bootstrap_ci(inter, union, image, resamples=2000)
     assert time.perf_counter() - start < 20  # about 1 s on a 2-core CI machine
+
+
+def test_holm_adjustment_against_hand_computed_values():
+    from refbench.results.stats import holm
+
+    # sorted p: 0.01, 0.02, 0.03, 0.5 -> 4*0.01, max(., 3*0.02), max(., 2*0.03), max(., 1*0.5)
+    assert holm([0.03, 0.5, 0.01, 0.02]) == pytest.approx([0.06, 0.5, 0.04, 0.06])
+    assert holm([0.4, 0.6]) == pytest.approx([0.8, 0.8])  # capped by the running maximum
+    assert holm([0.9, 0.9, 0.9]) == pytest.approx([1.0, 1.0, 1.0])  # and by 1
+    assert holm([]) == []

@@ -1,11 +1,26 @@
-"""DiffSegmenter: a training-free segmenter from one denoising step of a text-to-image model.
+"""DiffSegmenter ("Diffusion Model is Secretly a Training-free Open Vocabulary Semantic Segmenter",
+Wang et al., 2023; code: github.com/VCG-team/DiffSegmenter), computed as its code computes it.
 
-Per sample: the prompt "a photograph of {expression}" is encoded; the image is VAE-encoded and
-noised to timestep t with the sample's own noise; one UNet forward records the cross-attention
-of the referent's token at each resolution and the self-attention at the finest one. The
-per-resolution maps are upsampled to the finest, min-max normalised and mixed with fixed
-weights; the mix is refined by the averaged self-attention (S @ c) and resized to the image as
-a score map in [0, 1]. The variants change only the prompt embedding (see ``binding.py``).
+Per sample, as ``open_vocabulary/*/ptp_stable_*.py`` does:
+
+1. the image is squashed to the model size (bilinear, no antialias), encoded by the VAE, and a
+   *sample* of the posterior (``latent_dist.sample()``) times 0.18215 (the VAE's
+   ``scaling_factor``) is noised to timestep t (100) with ``add_noise``; the posterior sample
+   and the noise are drawn from the sample's seed;
+2. the prompt "a photograph of {expression}" is encoded, and the word the map is read from is
+   up-weighted as Compel's "word++" does: z' = U + 1.21 (z - U) at its tokens, U the empty
+   prompt's embedding;
+3. one UNet forward records, per resolution, the cross-attention averaged over heads and layers
+   (down, mid, up) and the finest self-attention averaged likewise;
+4. the target token's map at each resolution is upsampled to the finest, min-max normalised and
+   mixed with weights (0.3, 0.5, 0.1, 0.1 for 8/16/32/64 at 512), refined by the self-attention
+   (S @ c), resized to the image and min-max normalised there.
+
+The token: for a class name (semantic data) the last token of the name, as the COCO and Context
+scripts take it; for a referring expression the root noun of its referent, as the
+attribute-binding write-up does (the original reads no referring expressions). Every place where
+refbench can compute otherwise is a named config option (the README's "departures" table); the
+variants change only the prompt embedding (see ``binding.py``).
 """
 
 from __future__ import annotations
@@ -17,7 +32,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from refbench.diffusion.attention import capture_attention
+from refbench.data.sample import Sample
+from refbench.diffusion.attention import AttentionRecord, capture_attention
 from refbench.diffusion.backbone import Backbone, load_backbone
 from refbench.diffusion.latents import latents_and_noise
 from refbench.diffusion.parsing import Referent, find_referent
@@ -25,9 +41,14 @@ from refbench.diffusion.prompts import TokenAlignment, align, encode
 from refbench.errors import UserError
 from refbench.method import Batch, Prediction
 from refbench.plugins import PluginHost
-from methods.diffsegmenter.binding import average_with_unconditioned, replace_chunk
+from methods.diffsegmenter.binding import average_with_unconditioned, emphasise, replace_chunk
 
 PLACEHOLDER = "{expression}"
+# DiffSegmenter's attention resolutions for Stable Diffusion 1.5 at 512 (latent 64), coarse to
+# fine: ``weights`` are given for these and mapped to a backbone's own resolutions by level.
+REFERENCE_RESOLUTIONS = (8, 16, 32, 64)
+REFERENCE_LATENT = 64
+COMPEL_PLUS = 1.1 ** 2  # Compel's weight for "word++"
 
 
 @dataclass(frozen=True)
@@ -38,26 +59,46 @@ class DiffSegmenterConfig:
     prompt_template: str = "a photograph of {expression}"
     image_size: int = 0  # 0: the backbone's native input size (512 for SD 1.5)
     timesteps: tuple[int, ...] = (100,)  # several are averaged
-    # one weight per attention resolution, coarse to fine (8/16/32/64 for SD 1.5 at 512)
+    # one weight per attention resolution of a 512 input (8, 16, 32, 64), coarse to fine; a
+    # backbone's resolutions take the weight of the same level (its latent side is 64), renormalised
     weights: tuple[float, ...] = (0.3, 0.5, 0.1, 0.1)
     refine: bool = True  # multiply by the averaged finest self-attention
-    target: Literal["root", "chunk"] = "root"  # the referent's root noun, or its whole chunk
+    target: Literal["root", "chunk"] = "root"  # the referent's root noun, or its whole group
     overlong: Literal["error", "truncate"] = "error"
     captions: bool = False  # put a caption plugin's text (refbench_caption hook) in the prompt
+    # -- where refbench may depart from the original (defaults: as the original computes) --
+    posterior: Literal["sample", "mean"] = "sample"  # latent_dist.sample(), or the mean
+    antialias: bool = False  # the resize to the model size
+    normalize: Literal["after_resize", "before_resize"] = "after_resize"  # the final min-max
+    emphasis: float = COMPEL_PLUS  # Compel's "++" on the word read; 1: no up-weighting
+    class_token: Literal["last", "root"] = "last"  # class names: their last token, or the root noun
 
     def validate(self) -> None:
         if self.prompt_template.count(PLACEHOLDER) != 1:
             raise ValueError(f"prompt_template must contain {PLACEHOLDER} exactly once")
         if not self.timesteps or any(not 0 <= t < 1000 for t in self.timesteps):
             raise ValueError("timesteps must be one or more integers in [0, 1000)")
-        if not self.weights or any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
+        if len(self.weights) != len(REFERENCE_RESOLUTIONS):
+            raise ValueError(f"weights has {len(self.weights)} entries: give one per attention "
+                             f"resolution of a 512 input, {', '.join(map(str, REFERENCE_RESOLUTIONS))} "
+                             f"(4 resolutions, coarse to fine; a backbone's own are mapped by level)")
+        if any(w < 0 for w in self.weights) or sum(self.weights) <= 0:
             raise ValueError("weights must be non-negative with a positive sum")
         if self.image_size < 0 or self.image_size % 8:
             raise ValueError("image_size must be 0 (native) or a positive multiple of 8")
+        if not self.emphasis > 0:
+            raise ValueError(f"emphasis must be positive (1: none; Compel's ++ is 1.21), got {self.emphasis}")
 
 
 @dataclass(frozen=True)
-class BindingConfig(DiffSegmenterConfig):
+class GroupingConfig(DiffSegmenterConfig):
+    # which words are bound to the noun: the noun chunk's (the write-up's rule), or the noun's
+    # dependents, postposed attributes included ("the square that is red")
+    grouping: Literal["chunk", "dependency"] = "chunk"
+
+
+@dataclass(frozen=True)
+class BindingConfig(GroupingConfig):
     alpha: float = 0.9  # eq. 4: weight of the conditioned embedding at the target token
 
     def validate(self) -> None:
@@ -71,9 +112,10 @@ class _PromptPlan:
     prompt: str
     alignment: TokenAlignment
     referent: Referent
-    chunk_text: str
-    target_positions: list[int]
-    chunk_positions: list[int]
+    group_text: str  # the referent's group, as the binding variants encode it alone
+    group_positions: list[int]
+    target_positions: list[int]  # the tokens the map is read from
+    emphasis_positions: list[int]  # the word Compel's "++" would weight
     info: dict[str, int]
 
 
@@ -82,6 +124,22 @@ def minmax(maps: torch.Tensor) -> torch.Tensor:
     flat = maps.flatten(1)
     low, high = flat.min(1, keepdim=True).values, flat.max(1, keepdim=True).values
     return ((flat - low) / (high - low).clamp_min(1e-12)).view_as(maps)
+
+
+def level_weights(weights: tuple[float, ...], resolutions: list[int], latent: int) -> list[float]:
+    """The reference weights (for 8/16/32/64 at latent 64) at a backbone's ``resolutions``:
+    resolution r of latent L is the level of r * 64 / L; a level the reference lacks weighs 0.
+    Renormalised to the reference's sum (the maps are min-max normalised at the end, so only the
+    ratios matter)."""
+    by_level = dict(zip(REFERENCE_RESOLUTIONS, weights))
+    mapped = [by_level.get(r * REFERENCE_LATENT // latent, 0.0) if (r * REFERENCE_LATENT) % latent == 0
+              else 0.0 for r in resolutions]
+    if sum(mapped) <= 0:
+        raise UserError(f"weights {list(weights)} put no weight on this backbone's attention "
+                        f"resolutions {resolutions} (latent {latent}, i.e. the 512-input levels "
+                        f"{[r * REFERENCE_LATENT // latent for r in resolutions]}): weight one of those")
+    scale = sum(weights) / sum(mapped)
+    return [w * scale for w in mapped]
 
 
 class DiffSegmenter:
@@ -110,25 +168,38 @@ class DiffSegmenter:
         return self.backbone.fingerprint + (f"+captions:{captioners}" if captioners else "")
 
     # -- prompts ---------------------------------------------------------------------------
-    def _plan(self, expression: str, sample_id: str) -> _PromptPlan:
+    def _plan(self, text: str, sample: Sample) -> _PromptPlan:
+        if not text.strip():
+            raise UserError(f"sample {sample.sample_id} has an empty expression: fix or drop "
+                            f"that sentence in the data")
         prefix, suffix = self.config.prompt_template.split(PLACEHOLDER)
-        prompt = prefix + expression + suffix
+        prompt = prefix + text + suffix
         alignment = align(self.backbone.tokenizer, prompt)
-        referent = find_referent(expression).shifted(len(prefix))
+        referent = find_referent(text, getattr(self.config, "grouping", "chunk")).shifted(len(prefix))
         info = {"no_chunk": int(not referent.found), "truncated": int(alignment.truncated)}
-        span = referent.chunk if self.config.target == "chunk" else referent.root
-        target = alignment.positions(*span)
-        chunk_positions = alignment.positions(*referent.chunk)
+        if sample.is_class_name and self.config.class_token == "last" and not self.config.captions:
+            # the class name's last token is read and its last word weighted (the COCO script)
+            words = [span for span in alignment.word_spans
+                     if span[0] < len(prefix) + len(text) and span[1] > len(prefix)]
+            target = alignment.positions(len(prefix), len(prefix) + len(text))[-1:]
+            emphasis = alignment.positions(*words[-1]) if words else []
+        else:
+            spans = referent.group if self.config.target == "chunk" else (referent.root,)
+            target = [p for span in spans for p in alignment.positions(*span)]
+            emphasis = alignment.positions(*referent.root)
         if alignment.lost(target) or not target:
             if self.config.overlong == "error" or not target:
                 raise UserError(
-                    f"sample {sample_id}: the prompt has {alignment.n_tokens} tokens, over the "
+                    f"sample {sample.sample_id}: the prompt has {alignment.n_tokens} tokens, over the "
                     f"model's {alignment.max_length}, and the referent is cut off: shorten "
                     f"prompt_template, or --set <method>.overlong=truncate to keep the kept part")
             target = [p for p in target if not alignment.lost([p])] or [alignment.last_kept_position]
             info["target_lost"] = 1
-        chunk_text = prompt[referent.chunk[0]:referent.chunk[1]]
-        return _PromptPlan(prompt, alignment, referent, chunk_text, target, chunk_positions, info)
+        group_positions = [p for span in referent.group for p in alignment.positions(*span)]
+        group_text = " ".join(prompt[start:end] for start, end in referent.group)
+        emphasis = [p for p in emphasis if not alignment.lost([p])]
+        return _PromptPlan(prompt, alignment, referent, group_text, group_positions, target,
+                           emphasis, info)
 
     def _unconditioned_embedding(self) -> torch.Tensor:
         if self._unconditioned is None:
@@ -136,59 +207,68 @@ class DiffSegmenter:
         return self._unconditioned
 
     def _embeddings(self, plans: list[_PromptPlan]) -> torch.Tensor:
+        """The prompt embeddings: encoded, the group spliced in (noun-chunk replacement), the
+        read word up-weighted (Compel's ++), then averaged with the unconditioned embedding
+        (eq. 4). At the target token q that composes to U + emphasis * alpha * (z - U), z the
+        prompt's (or, spliced, the group's) embedding there."""
         tokenizer, text_encoder = self.backbone.tokenizer, self.backbone.text_encoder
         embeddings = encode(text_encoder, tokenizer, [p.prompt for p in plans])
-        if not (self.replaces_chunk or self.averages_unconditioned):
+        binds = self.replaces_chunk or self.averages_unconditioned
+        if not binds and self.config.emphasis == 1.0:
             return embeddings
         rows = []
         for plan, embedding in zip(plans, embeddings):
-            # No chunk, or a bare noun (a COCO class name): nothing to bind; the baseline stands.
-            if not plan.referent.found or not plan.referent.has_modifiers:
-                rows.append(embedding)
-                continue
-            if self.replaces_chunk:
-                alone = align(tokenizer, plan.chunk_text)
+            # No group, or a bare noun (a COCO class name): nothing to bind; the baseline stands.
+            binding = binds and plan.referent.found and plan.referent.has_modifiers
+            if binding and self.replaces_chunk:
+                alone = align(tokenizer, plan.group_text)
                 alone_positions = [p for pos in alone.word_positions for p in pos]
-                if len(alone_positions) != len(plan.chunk_positions) or plan.alignment.lost(plan.chunk_positions):
+                if len(alone_positions) != len(plan.group_positions) or plan.alignment.lost(plan.group_positions):
                     plan.info["chunk_mismatch"] = 1
                 else:
-                    chunk_embedding = encode(text_encoder, tokenizer, [plan.chunk_text])[0]
-                    embedding = replace_chunk(embedding, plan.chunk_positions, chunk_embedding,
+                    group_embedding = encode(text_encoder, tokenizer, [plan.group_text])[0]
+                    embedding = replace_chunk(embedding, plan.group_positions, group_embedding,
                                               alone_positions)
-            if self.averages_unconditioned:
+            if self.config.emphasis != 1.0 and plan.emphasis_positions:
+                embedding = emphasise(embedding, plan.emphasis_positions,
+                                      self._unconditioned_embedding(), self.config.emphasis)
+            if binding and self.averages_unconditioned:
                 embedding = average_with_unconditioned(embedding, plan.target_positions,
                                                        self._unconditioned_embedding(),
                                                        self.config.alpha)
-            plan.info["binding_applied"] = 1
+            if binding:
+                plan.info["binding_applied"] = 1
             rows.append(embedding)
         return torch.stack(rows)
 
     # -- maps ------------------------------------------------------------------------------
-    def _mix(self, record, plans: list[_PromptPlan], finest: int) -> torch.Tensor:
+    def _mix(self, record: AttentionRecord, plans: list[_PromptPlan], finest: int) -> torch.Tensor:
         """Weighted sum of the min-max-normalised target maps of every resolution: (B, r, r)."""
         resolutions = record.resolutions()
-        if len(resolutions) != len(self.config.weights):
-            raise UserError(f"weights has {len(self.config.weights)} entries but the backbone "
-                            f"has cross-attention at {len(resolutions)} resolutions {resolutions}: "
-                            f"give one weight per resolution, coarse to fine")
         mixed = None
-        for resolution, weight in zip(resolutions, self.config.weights):
+        for resolution, weight in zip(resolutions, level_weights(self.config.weights, resolutions, finest)):
+            if weight == 0:
+                continue
             maps = record.cross_maps(resolution)  # (B, T, r, r)
             target = torch.stack([maps[b, plan.target_positions].mean(0) for b, plan in enumerate(plans)])
             target = F.interpolate(target[:, None].float(), size=(finest, finest), mode="bilinear",
                                    align_corners=False)[:, 0]
             term = weight * minmax(target)
             mixed = term if mixed is None else mixed + term
+        assert mixed is not None  # level_weights refuses an all-zero mapping
         return mixed
 
     @torch.no_grad()
     def score_maps(self, batch: Batch) -> tuple[torch.Tensor, list[_PromptPlan]]:
-        """Score maps at latent resolution (B, r, r) in [0, 1], before resizing to the images."""
+        """Maps at latent resolution (B, r, r), averaged over timesteps; min-max normalised
+        already only when ``normalize="before_resize"``."""
         texts = [self.host.caption(s.expression, image, s.sample_id) if self.config.captions else s.expression
                  for s, image in zip(batch.samples, batch.images)]
-        plans = [self._plan(text, s.sample_id) for text, s in zip(texts, batch.samples)]
+        plans = [self._plan(text, s) for text, s in zip(texts, batch.samples)]
         context = self._embeddings(plans)
-        latents, noise = latents_and_noise(self.backbone, batch.images, batch.seeds, self.size)
+        latents, noise = latents_and_noise(self.backbone, batch.images, batch.seeds, self.size,
+                                           posterior=self.config.posterior,
+                                           antialias=self.config.antialias)
         finest = latents.shape[-1]
         total = None
         for t in self.config.timesteps:
@@ -202,20 +282,24 @@ class DiffSegmenter:
                 mixed = record.refine(mixed.flatten(1)[..., None].to(self.backbone.dtype))
                 mixed = mixed[..., 0].view(-1, finest, finest).float()
             total = mixed if total is None else total + mixed
-        return minmax(total / len(self.config.timesteps)), plans
+        total = total / len(self.config.timesteps)
+        return (minmax(total) if self.config.normalize == "before_resize" else total), plans
 
     def predict(self, batch: Batch) -> list[Prediction]:
         maps, plans = self.score_maps(batch)
         out = []
         for sample, score, plan in zip(batch.samples, maps, plans):
             resized = F.interpolate(score[None, None], size=(sample.height, sample.width),
-                                    mode="bilinear", align_corners=False)[0, 0]
-            out.append(Prediction(scores=resized.clamp(0, 1).cpu().numpy().astype(np.float32),
+                                    mode="bilinear", align_corners=False)[0]
+            if self.config.normalize == "after_resize":
+                resized = minmax(resized)
+            out.append(Prediction(scores=resized[0].clamp(0, 1).cpu().numpy().astype(np.float32),
                                   info=dict(plan.info)))
         return out
 
 
 class DiffSegmenterNCR(DiffSegmenter):
+    Config = GroupingConfig
     replaces_chunk = True
 
 

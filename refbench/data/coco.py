@@ -123,7 +123,8 @@ class CocoSemanticDataset:
                     height=int(image["height"]), width=int(image["width"]),
                     expression=names.get(category, str(category)), gt=class_rles[category],
                     group_id=str(image_id), meta={"category_id": category,
-                                                  "category": names.get(category, "")}))
+                                                  "category": names.get(category, "")},
+                    is_class_name=True))
         return out
 
     @cached_property

@@ -19,7 +19,8 @@ class Sample:
 
     For referring data a sample is one sentence (``sample_id`` is its sent_id). For semantic
     data it is one class present in an image, and ``group_id`` ties the classes of one image
-    together so the image can be scored as a label map.
+    together so the image can be scored as a label map; its text is the class name
+    (``is_class_name``), which methods may prompt for differently from a referring expression.
     """
 
     sample_id: str
@@ -31,6 +32,7 @@ class Sample:
     gt: Mapping[str, Any]  # COCO RLE: {"size": [h, w], "counts": str}
     group_id: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
+    is_class_name: bool = False
 
     @property
     def group(self) -> str:

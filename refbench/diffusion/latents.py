@@ -1,10 +1,12 @@
 """Image latents and per-sample noise, computed once and shared.
 
 Encoding an image with the VAE and drawing its noise depend on the image, the backbone, the
-input size and the seed, not on a method's other parameters. A small process-wide LRU keyed by
-exactly those lets every cell of a grid (and every method on one backbone) reuse them.
-Noise is drawn on the CPU from the sample's own seed, so it is the same on every device and for
-every batch size.
+input size, the seed and how the latent is taken (the posterior's mean or a sample of it,
+scaled by the VAE's ``scaling_factor`` or not, the resize antialiased or not), not on a method's
+other parameters. A small process-wide LRU keyed by exactly those lets every cell of a grid (and
+every method on one backbone) reuse them. The noise, then the posterior sample's epsilon, are
+drawn on the CPU from the sample's own seed, so both are the same on every device and for every
+batch size.
 """
 
 from __future__ import annotations
@@ -12,6 +14,7 @@ from __future__ import annotations
 import hashlib
 from collections import OrderedDict
 from collections.abc import Sequence
+from typing import Literal
 
 import numpy as np
 import torch
@@ -24,13 +27,17 @@ CACHE_SIZE = 512
 stats = {"hits": 0, "misses": 0}
 
 
-def to_pixels(images: Sequence[np.ndarray], size: int) -> torch.Tensor:
-    """RGB uint8 images resized to size x size, scaled to [-1, 1]: (B, 3, size, size)."""
+Posterior = Literal["mean", "sample"]
+
+
+def to_pixels(images: Sequence[np.ndarray], size: int, antialias: bool = True) -> torch.Tensor:
+    """RGB uint8 images squashed to size x size (bilinear), scaled to [-1, 1]: (B, 3, size, size)."""
     out = []
     for image in images:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 127.5 - 1
-        out.append(F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                                 antialias=True))
+        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                          antialias=antialias)
+        out.append(2 * x - 1)
     return torch.cat(out)
 
 
@@ -39,10 +46,13 @@ def _image_key(image: np.ndarray) -> str:
 
 
 def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: Sequence[int],
-                      size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Scaled VAE latents (the posterior mean) and seeded noise for each image."""
+                      size: int, posterior: Posterior = "mean", antialias: bool = True,
+                      scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """VAE latents and seeded noise for each image. ``posterior``: the posterior's mean, or a
+    sample mean + std * eps (``latent_dist.sample()``, eps from the seed); ``scaled``: times the
+    VAE's ``scaling_factor`` (0.18215 for SD 1.x), as the UNet was trained on."""
     keys = [(backbone.fingerprint, str(backbone.device), str(backbone.dtype), size, seed,
-             _image_key(image)) for image, seed in zip(images, seeds)]
+             posterior, antialias, scaled, _image_key(image)) for image, seed in zip(images, seeds)]
     # this batch's entries are held here, so evicting old ones can never drop one of them
     found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, key in enumerate(keys):
@@ -51,13 +61,18 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
             found[i] = _CACHE[key]
     missing = [i for i in range(len(keys)) if i not in found]
     if missing:
-        pixels = to_pixels([images[i] for i in missing], size).to(backbone.device, backbone.dtype)
+        pixels = to_pixels([images[i] for i in missing], size, antialias).to(backbone.device, backbone.dtype)
         with torch.no_grad():
-            latents = backbone.vae.encode(pixels).latent_dist.mean * backbone.vae.config.scaling_factor
+            dist = backbone.vae.encode(pixels).latent_dist
+        scale = backbone.vae.config.scaling_factor if scaled else 1.0
         for row, i in enumerate(missing):
             generator = torch.Generator("cpu").manual_seed(int(seeds[i]))
-            noise = torch.randn(latents.shape[1:], generator=generator)
-            found[i] = _CACHE[keys[i]] = (latents[row].cpu(), noise)
+            noise = torch.randn(dist.mean.shape[1:], generator=generator)
+            latent = dist.mean[row]
+            if posterior == "sample":
+                eps = torch.randn(dist.mean.shape[1:], generator=generator)
+                latent = latent + dist.std[row] * eps.to(latent.device, latent.dtype)
+            found[i] = _CACHE[keys[i]] = ((latent * scale).cpu(), noise)
     while len(_CACHE) > CACHE_SIZE:
         _CACHE.popitem(last=False)
     stats["misses"] += len(missing)

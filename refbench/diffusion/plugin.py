@@ -12,12 +12,19 @@ SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
 SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"
 
 
+# DiffSegmenter's settings for the shapes model, chosen on 400 RefShapes train sentences (README,
+# "The shapes backbone"): its attention maps are at 4, 8 and 16, the 16/32/64 levels of a 512 input.
+_SHAPES_DIFFSEGMENTER = {"weights": [0.0, 0.1, 0.3, 0.6], "timesteps": [100], "refine": False}
+
+
 @hookimpl
 def refbench_backbones() -> list[BackboneSpec]:
     return [
         BackboneSpec("shapes", "refbench.diffusion.backbone:load_pretrained",
                      "refbench's pretrained miniature text-to-image model (RefShapes scenes, 64x64, "
-                     "4.5M parameters, shipped)", {"source": str(SHAPES_DIR)}),
+                     "4.5M parameters, shipped)", {"source": str(SHAPES_DIR)},
+                     recommended={name: _SHAPES_DIFFSEGMENTER for name in (
+                         "diffsegmenter", "diffsegmenter_ncr", "diffsegmenter_uea", "diffsegmenter_ab")}),
         BackboneSpec("sd15", "refbench.diffusion.backbone:load_pretrained",
                      f"Stable Diffusion 1.5 ({SD15_HUB_ID}) from the hub cache",
                      {"source": SD15_HUB_ID}),

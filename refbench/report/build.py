@@ -25,7 +25,7 @@ from refbench.report.spec import DatasetEntry, GridEntry, ReportSpec
 from refbench.results.calibration import Calibration
 from refbench.results.files import timestamp
 from refbench.results.scored import Scored
-from refbench.results.stats import PairedResult, paired_test
+from refbench.results.stats import PairedResult, holm, paired_test
 from refbench.results.summary import Results
 from refbench.results.tables import Table, ablation_table
 from refbench.store import Store
@@ -39,7 +39,12 @@ class SplitReport:
     split: str
     results: Results  # the data set's evaluation (all its reported splits)
     comparisons: list[tuple[str, str, PairedResult]] = field(default_factory=list)
+    # (A, B, value of spec.compare_by in A's rows, the test within that value)
+    comparisons_by: list[tuple[str, str, str, PairedResult]] = field(default_factory=list)
     breakdowns: dict[str, dict[str, dict[str, float]]] = field(default_factory=dict)
+    # Holm-adjusted p-values, the family being every paired test of the report (set by adjust)
+    adjusted: list[float] = field(default_factory=list)
+    adjusted_by: list[float] = field(default_factory=list)
 
     @property
     def scored(self) -> dict[str, Scored]:
@@ -139,21 +144,43 @@ def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store, progress:
             report = SplitReport(dataset, split, results)
             _analyse(spec, report)
             reports.append(report)
+    adjust(reports)
     return reports
 
 
 def _analyse(spec: ReportSpec, report: SplitReport) -> None:
-    """Paired comparisons and breakdowns of one split."""
+    """Paired comparisons (also within each value of ``compare_by``) and breakdowns of one split."""
     scored = report.scored
+    stats = spec.stats
     for a, b in spec.compare:
         sa, sb = scored[a], scored[b]  # rows in the split's sample order: aligned
-        report.comparisons.append((a, b, paired_test(
-            sa.rows.ious(sa.k), sb.rows.ious(sb.k), sa.rows.image_ids,
-            spec.stats.resamples, spec.stats.confidence, spec.stats.seed)))
+        ia, ib, images = sa.rows.ious(sa.k), sb.rows.ious(sb.k), sa.rows.image_ids
+        report.comparisons.append((a, b, paired_test(ia, ib, images, stats.resamples,
+                                                     stats.confidence, stats.seed)))
+        if spec.compare_by:
+            values = sa.rows.values(spec.compare_by)
+            for value in sorted(set(values)):
+                keep = values == value
+                report.comparisons_by.append((a, b, value, paired_test(
+                    ia[keep], ib[keep], images[keep], stats.resamples, stats.confidence, stats.seed)))
     if spec.breakdown:
         for label, s in scored.items():
             if groups := s.breakdowns.get(spec.breakdown):
                 report.breakdowns[label] = groups
+
+
+def adjust(reports: list[SplitReport]) -> None:
+    """Holm-adjust the p-values of all the report's paired tests as one family (and, as a family
+    of their own, the tests within the values of ``compare_by``)."""
+    for tests, target in (("comparisons", "adjusted"), ("comparisons_by", "adjusted_by")):
+        p_values = [test[-1].p_value for r in reports for test in getattr(r, tests)]
+        adjusted = iter(holm(p_values))
+        for r in reports:
+            setattr(r, target, [next(adjusted) for _ in getattr(r, tests)])
+
+
+def family_size(reports: list[SplitReport], tests: str = "comparisons") -> int:
+    return sum(len(getattr(r, tests)) for r in reports)
 
 
 def run_grids(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True,

@@ -16,11 +16,12 @@ from typing import Any
 from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescape
 from markupsafe import Markup
 
-from refbench.report.build import GridReport, Report, grid_table
+from refbench.report.build import GridReport, Report, family_size, grid_table
 from refbench.report.charts import Point, Series, line_chart
 from refbench.report.exports import write_exports
 from refbench.report.gallery import Gallery
-from refbench.results.tables import Table, breakdown_table, comparison_table, leaderboard
+from refbench.results.tables import (Table, breakdown_table, comparison_table, leaderboard,
+                                     reported_table, with_reported)
 
 TABLES_DIR = "tables"
 RUNS_DIR = "runs"
@@ -65,18 +66,28 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
     env = environment()
     site.mkdir(parents=True, exist_ok=True)
     confidence = spec.stats.confidence
+    family, family_by = family_size(report.splits), family_size(report.splits, "comparisons_by")
     leaderboards = []
     for split in report.splits:
         title = f"{split.dataset.name} {split.split}"
         leaderboards.append({
             "title": title, "slug": split.slug, "n": len(split.samples),
             "calibration_split": split.dataset.calibration_split,
-            "leaderboard": _exported(leaderboard(
+            "leaderboard": _exported(with_reported(leaderboard(
                 f"leaderboard-{split.slug}", f"Leaderboard: {title}", list(split.scored.items()),
-                split.dataset.calibration_split, confidence), site),
+                split.dataset.calibration_split, confidence),
+                [e for e in spec.reported if (e.dataset, e.split) == (split.dataset.name, split.split)]),
+                site),
             "comparisons": _exported(comparison_table(
                 f"comparisons-{split.slug}", f"Paired comparisons: {title}", split.comparisons,
-                confidence), site) if split.comparisons else None,
+                confidence, split.adjusted if family > 1 else None, family), site)
+            if split.comparisons else None,
+            "comparisons_by": _exported(comparison_table(
+                f"comparisons-by-{split.slug}", f"Paired comparisons by {spec.compare_by}: {title}",
+                [(a, b, r) for a, b, _, r in split.comparisons_by], confidence,
+                split.adjusted_by if family_by > 1 else None, family_by,
+                [v for _, _, v, _ in split.comparisons_by]), site)
+            if split.comparisons_by else None,
             "breakdown": _exported(breakdown_table(
                 f"breakdown-{split.slug}", f"Breakdown by {spec.breakdown}: {title}",
                 spec.breakdown or "", list(split.breakdowns.items())), site),
@@ -84,9 +95,11 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
     grids = [{"title": g.entry.grid.name, "slug": g.slug, "dataset": g.entry.dataset,
               "split": g.entry.split, "chart": grid_chart(g),
               "table": _exported(grid_table(spec, g), site)} for g in report.grids]
+    published = _exported(reported_table("reported", "Published figures", spec.reported),
+                          site) if spec.reported else None
     common = {"report": report, "spec": spec, "limit": spec.limit, "root": "", "gallery": gallery}
     (site / "index.html").write_text(env.get_template("index.html").render(
-        **common, leaderboards=leaderboards, grids=grids), encoding="utf-8")
+        **common, leaderboards=leaderboards, grids=grids, published=published), encoding="utf-8")
     if gallery is not None:
         (site / "gallery.html").write_text(env.get_template("gallery.html").render(**common),
                                            encoding="utf-8")

@@ -18,6 +18,7 @@ import yaml
 from refbench.config import Override, as_text
 from refbench.errors import UserError, did_you_mean
 from refbench.grid import GridSpec
+from refbench.reported import REGISTRY, Reported, chosen
 from refbench.results.calibration import Calibration, check_criterion
 from refbench.results.metrics import METRIC_NAMES, SEMANTIC_MIOU
 from refbench.results.stats import StatsOptions
@@ -97,6 +98,8 @@ class ReportSpec:
     regress: RegressEntry | None
     note: str = ""  # a paragraph under the title: what the page shows, the verdict
     links: list[Link] = field(default_factory=list)
+    compare_by: str | None = None  # paired tests also within each value of this field
+    reported: list[Reported] = field(default_factory=list)  # published figures shown beside ours
 
     def method(self, label: str) -> MethodEntry:
         return _find_method(self.methods, label, "methods")
@@ -311,7 +314,11 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         calibration=calibration, stats=stats, datasets=datasets, methods=methods,
         compare=pairs, grids=grids, gallery=gallery, regress=regress,  # type: ignore[arg-type]
         note=top.get("note", str, "").strip(),
-        links=_links(top.get("links", list, []), f"{path.name}: links"))
+        links=_links(top.get("links", list, []), f"{path.name}: links"),
+        compare_by=_nullable(top, "compare_by", None),
+        reported=chosen(path.parent / REGISTRY, _text_list(top.get("reported", (list, str)),
+                                                           f"{path.name}: reported")
+                        if top.data.get("reported") else [], f"{path.name}: reported"))
     top.done()
     if spec.limit is not None and spec.limit < 1:
         raise UserError(f"{path.name}: limit must be positive")

@@ -22,6 +22,18 @@ from refbench.results.stats import Interval, StatsOptions, bootstrap_ci
 from refbench.store import RunRecord, SampleRow, Store
 
 CONFUSION_SIZE = 256  # category ids are < 255 (255 = ignore); 0 is background
+INFO_PREFIX = "info."  # a breakdown field naming what the method noted per sample
+
+
+def field_value(row: SampleRow, name: str) -> str:
+    """A row's value of a sample field (``kind``) or of a method's per-sample note
+    (``info.binding_applied``), as text; "(none)" where it has none."""
+    source = row.info if name.startswith(INFO_PREFIX) else row.meta
+    key = name[len(INFO_PREFIX):] if name.startswith(INFO_PREFIX) else name
+    value = source.get(key)
+    if value is None and name.startswith(INFO_PREFIX):
+        value = 0  # a note a method did not make is a count of 0
+    return "(none)" if value is None else str(value)
 
 
 @dataclass
@@ -91,11 +103,15 @@ class RunRows:
                     counts[key] = counts.get(key, 0) + value
         return counts
 
+    def values(self, field_name: str) -> np.ndarray:
+        """Each row's value of a sample field or method note (``field_value``)."""
+        return np.array([field_value(r, field_name) for r in self.rows])
+
     def breakdown(self, k: int, field_name: str) -> dict[str, dict[str, float]]:
-        """Metrics at threshold index ``k`` per value of the sample meta ``field_name`` (e.g.
-        RefShapes' ``kind``); samples without it are grouped under "(none)". Empty when no sample
-        has the field."""
-        values = [str(r.meta.get(field_name, "(none)")) for r in self.rows]
+        """Metrics at threshold index ``k`` per value of ``field_name``: a sample field (e.g.
+        RefShapes' ``kind``; samples without it are grouped under "(none)") or a method's note
+        (``info.binding_applied``). Empty when no sample has the field."""
+        values = [field_value(r, field_name) for r in self.rows]
         if all(v == "(none)" for v in values):
             return {}
         keys = np.array(values)

@@ -173,3 +173,17 @@ def paired_test(iou_a: np.ndarray, iou_b: np.ndarray, clusters: np.ndarray,
     low, high = _percentiles(totals[:, 0] / totals[:, 1], confidence)
     return PairedResult(observed, Interval(observed, low, high), float(p_value), wins, ties,
                         losses, n, len(counts), resamples)
+
+
+def holm(p_values: list[float]) -> list[float]:
+    """Holm's step-down adjustment for a family of tests: with the p-values sorted ascending,
+    the i-th (from 0) becomes max over j <= i of min(1, (m - j) p_(j)). Rejecting where the
+    adjusted value is below alpha controls the family-wise error rate at alpha."""
+    m = len(p_values)
+    order = sorted(range(m), key=lambda i: p_values[i])
+    adjusted = [0.0] * m
+    running = 0.0
+    for rank, i in enumerate(order):
+        running = max(running, min(1.0, (m - rank) * p_values[i]))
+        adjusted[i] = running
+    return adjusted

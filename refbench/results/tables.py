@@ -13,6 +13,7 @@ import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 
+from refbench.reported import Reported, curve_text
 from refbench.results.calibration import TUNED_MARK, TUNED_NOTE
 from refbench.results.metrics import METRICS, SEMANTIC_MIOU
 from refbench.results.scored import Scored
@@ -124,19 +125,33 @@ def breakdown_table(slug: str, title: str, field_name: str,
 
 
 def comparison_table(slug: str, title: str, pairs: Sequence[tuple[str, str, PairedResult]],
-                     confidence: float) -> Table:
-    """Paired comparisons on the same samples: difference, interval, p-value, wins/ties/losses."""
+                     confidence: float, adjusted: Sequence[float] | None = None,
+                     family: int | None = None, split_values: Sequence[str] | None = None) -> Table:
+    """Paired comparisons on the same samples: difference, interval, p-value (and its Holm
+    adjustment over the page's ``family`` of tests), wins/ties/losses."""
     columns = ["A", "B", "ΔmIoU (A−B)", "p-value", "wins", "ties", "losses", "images"]
+    if split_values is not None:
+        columns.insert(2, "subset")
+    if adjusted is not None:
+        columns.insert(columns.index("p-value") + 1, "p (Holm)")
     rows = []
-    for a, b, r in pairs:
+    for i, (a, b, r) in enumerate(pairs):
         diff = Cell(f"{100 * r.diff:+.2f}", round(100 * r.diff, 6), f"{100 * r.interval.low:+.2f}",
                     f"{100 * r.interval.high:+.2f}")
-        rows.append([Cell(a, a), Cell(b, b), diff, p_value(r.p_value, r.resamples),
-                     Cell(str(r.wins), r.wins), Cell(str(r.ties), r.ties),
-                     Cell(str(r.losses), r.losses), Cell(str(r.clusters), r.clusters)])
+        row = [Cell(a, a), Cell(b, b), diff, p_value(r.p_value, r.resamples),
+               Cell(str(r.wins), r.wins), Cell(str(r.ties), r.ties),
+               Cell(str(r.losses), r.losses), Cell(str(r.clusters), r.clusters)]
+        if split_values is not None:
+            row.insert(2, Cell(f"{split_values[i]} (n={r.n})", split_values[i]))
+        if adjusted is not None:
+            row.insert(columns.index("p (Holm)"), p_value(adjusted[i], r.resamples))
+        rows.append(row)
     notes = [f"ΔmIoU in points with a {confidence:.0%} paired bootstrap interval over images; "
              f"two-sided p-value of a sign-flip permutation test on per-image differences; "
              f"wins/ties/losses count samples where A's IoU is higher/equal/lower."]
+    if adjusted is not None:
+        notes.append(f"p (Holm): adjusted for the {family} paired tests of this page (Holm's "
+                     f"step-down method); read significance from it.")
     return Table(slug, title, columns, rows, notes)
 
 
@@ -180,3 +195,49 @@ def aligned(lines: list[list[str]], markdown: bool) -> list[str]:
         rule = ["-" * w if j == 0 else "-" * (w - 1) + ":" for j, w in enumerate(widths)]
         return ["| " + " | ".join(pad(line)) + " |" for line in [lines[0], rule, *lines[1:]]]
     return ["  ".join(pad(line)) for line in [lines[0], ["-" * w for w in widths], *lines[1:]]]
+
+
+# -- published figures ------------------------------------------------------------------------
+REPORTED_NOTE = ("Rows marked [reported] are figures their authors reported, on their data and "
+                 "protocol (see Published figures): not measured here.")
+
+
+def with_reported(table: Table, entries: Sequence[Reported]) -> Table:
+    """A leaderboard with the published figures of its data set and split as rows marked
+    "reported" (a figure the source does not give is "-")."""
+    if not entries:
+        return table
+    for entry in entries:
+        row = []
+        for column in table.columns:
+            metric = SEMANTIC_MIOU if column == "semantic mIoU" else column
+            if column == "Method":
+                text = f"{entry.method} [reported: {entry.work.short()}]"
+                row.append(Cell(text, text))
+            elif column == "Threshold":
+                row.append(Cell("reported" if entry.threshold is None
+                                else f"{entry.threshold:.2f} (reported)", -2.0))
+            elif metric in entry.metrics:
+                row.append(Cell(f"{entry.metrics[metric]:.2f}", entry.metrics[metric]))
+            else:
+                row.append(Cell("-"))
+        table.rows.append(row)
+    table.notes.append(REPORTED_NOTE)
+    return table
+
+
+def reported_table(slug: str, title: str, entries: Sequence[Reported]) -> Table:
+    """The published figures a page shows, each with its citation, source and protocol."""
+    columns = ["Work", "Method", "Source", "Data", "Backbone", "Protocol", "Reported (percent)"]
+    rows = []
+    for e in entries:
+        figures = ", ".join(f"{k} {v:.2f}" for k, v in e.metrics.items()) or curve_text(e)
+        if e.metrics and e.curve:
+            figures += "; " + curve_text(e)
+        rows.append([Cell(e.work.citation()), Cell(e.method), Cell(e.source),
+                     Cell(f"{e.dataset} {e.split}"), Cell(e.backbone), Cell(e.protocol),
+                     Cell(figures)])
+    return Table(slug, title, columns, rows, [
+        "As reported by their authors, on their data, weights and protocol; not measured by "
+        "refbench. Compare with care: a data set, split or protocol that differs from a "
+        "leaderboard's makes its figures incomparable."])
