@@ -37,7 +37,6 @@ def main() -> None:
     parser.add_argument("--lr", type=float, default=2e-3)
     parser.add_argument("--limit-train", type=int, default=800)
     parser.add_argument("--class-weights", default="0.5,5")
-    parser.add_argument("--decoder-width", type=int, default=64)
     parser.add_argument("--out", type=Path, default=Path("runs/bench-train"))
     args = parser.parse_args()
     host = PluginHost()
@@ -48,7 +47,6 @@ def main() -> None:
     floor_oiou = floor["full_image"].metrics["oIoU"]
     for variant in args.variants.split(","):
         sets = [f"{variant}.backbone=tiny", f"{variant}.device=cpu",
-                f"{variant}.decoder_width={args.decoder_width}",
                 f"{variant}.class_weights={args.class_weights}"]
         started = time.perf_counter()
         summary = train(host, TrainOptions(

@@ -110,9 +110,15 @@ def resolve_config(spec: MethodSpec, overrides: Sequence[Override],
 
 def candidate(host: PluginHost, name: str, overrides: Sequence[Override] = (),
               label: str | None = None) -> Candidate:
-    """A registered method with its config."""
+    """A registered method with its config, checked for evaluation: a factory may refuse a
+    config it cannot evaluate (``check_config``, e.g. a trainable method without a checkpoint)
+    before anything is built."""
     spec = host.method(name)
-    return Candidate(label or name, name, spec.plugin, resolve_config(spec, overrides, host), spec=spec)
+    config = resolve_config(spec, overrides, host)
+    check = getattr(resolve(spec.factory), "check_config", None)
+    if callable(check) and config is not None:
+        check(config)
+    return Candidate(label or name, name, spec.plugin, config, spec=spec)
 
 
 def from_object(method: Any) -> Candidate:

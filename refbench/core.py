@@ -19,7 +19,6 @@ work, split it between processes and score it in exactly one way:
 
 from __future__ import annotations
 
-import sys
 import tempfile
 import time
 from collections import deque
@@ -40,9 +39,11 @@ from refbench.data.source import DataSource, check_source, generate_missing, ope
 from refbench.errors import UserError
 from refbench.method import Batch, Method, Prediction, sample_seed
 from refbench.plugins import PluginHost
+from refbench.progress import JobProgress
 from refbench.results.calibration import DEFAULT_CRITERION, Calibration, calibrated
 from refbench.results.scored import RunRows, Scored, Work
-from refbench.results.scoring import prediction_map, score_batch, sweep_thresholds
+from refbench.results.scoring import (DEFAULT_PROTOCOL, Protocol, prediction_map, score_batch,
+                                      sweep_thresholds)
 from refbench.results.stats import StatsOptions
 from refbench.results.summary import Results, SplitInfo
 from refbench.store import Lease, RunRecord, Store
@@ -61,6 +62,7 @@ class Settings:
     batch_size: int = 8
     sweep_step: float = 0.05
     progress: bool = False
+    protocol: Protocol = DEFAULT_PROTOCOL  # where IoU is taken (a different protocol: other rows)
 
     def check(self) -> None:
         for name in ("seed", "batch_size"):
@@ -122,7 +124,8 @@ def start_run(candidate: Candidate, method: Method, plan: SplitPlan, store: Any,
     which stored rows it may reuse."""
     method_fp = candidate.fingerprint(method)
     record = RunRecord(
-        run_key=provenance.run_key(method_fp, plan.fingerprint, settings.seed, plan.thresholds),
+        run_key=provenance.run_key(method_fp, plan.fingerprint, settings.seed, plan.thresholds,
+                                   settings.protocol.key()),
         method=candidate.name, method_fingerprint=method_fp, config=candidate.config_dict,
         dataset=plan.dataset.name, split=plan.split, dataset_fingerprint=plan.fingerprint,
         seed=settings.seed, thresholds=plan.thresholds, versions=provenance.versions(),
@@ -133,9 +136,9 @@ def start_run(candidate: Candidate, method: Method, plan: SplitPlan, store: Any,
 
 # -- predicting ------------------------------------------------------------------------------
 def predict(method: Method, name: str, samples: list[Sample], images: list[np.ndarray],
-            seeds: list[int]) -> list[Prediction]:
-    """The one place a method is called."""
-    predictions = method.predict(Batch(samples, images, seeds))
+            seeds: list[int], size: int | None = None) -> list[Prediction]:
+    """The one place a method is called (``size``: the protocol's square, if it has one)."""
+    predictions = method.predict(Batch(samples, images, seeds, size))
     if not isinstance(predictions, (list, tuple)) or len(predictions) != len(samples):
         got = len(predictions) if isinstance(predictions, (list, tuple)) else type(predictions).__name__
         raise UserError(f"method {name!r} returned {got} predictions for {len(samples)} samples: "
@@ -144,7 +147,8 @@ def predict(method: Method, name: str, samples: list[Sample], images: list[np.nd
 
 
 def predict_maps(host: PluginHost, candidate: Candidate, samples: Sequence[Sample],
-                 images: Sequence[np.ndarray], seed: int, batch_size: int) -> list[np.ndarray]:
+                 images: Sequence[np.ndarray], seed: int, batch_size: int,
+                 size: int | None = None) -> list[np.ndarray]:
     """A method's validated outputs on chosen samples, seeded exactly as in a scored run (the
     gallery shows score maps, which the store does not keep)."""
     method = candidate.build(host)
@@ -153,9 +157,9 @@ def predict_maps(host: PluginHost, candidate: Candidate, samples: Sequence[Sampl
     for batch in group_batches(list(samples), batch_size):
         picked = [index[s.sample_id] for s in batch]
         predictions = predict(method, candidate.name, batch, [images[i] for i in picked],
-                              [sample_seed(seed, s.sample_id) for s in batch])
+                              [sample_seed(seed, s.sample_id) for s in batch], size)
         for i, sample, prediction in zip(picked, batch, predictions):
-            maps[i] = prediction_map(prediction, sample, candidate.name)
+            maps[i] = prediction_map(prediction, sample, candidate.name, size)
     return maps
 
 
@@ -169,7 +173,8 @@ class _Job:
 
 def compute(host: PluginHost, candidates: Sequence[Candidate], plans: Sequence[SplitPlan],
             store: Any, settings: Settings, *, together: bool = False,
-            cluster: distributed.Cluster | None = None) -> list[list[MethodRun]]:
+            cluster: distributed.Cluster | None = None,
+            progress: JobProgress | None = None) -> list[list[MethodRun]]:
     """Compute what each candidate lacks on each plan; the result is indexed [candidate][plan].
 
     Each method is built once for all the plans. ``together=False`` holds one method in memory
@@ -177,10 +182,13 @@ def compute(host: PluginHost, candidates: Sequence[Candidate], plans: Sequence[S
     batch-major (the cells of a grid, which share a backbone and per-sample work).
     """
     cluster = cluster or distributed.Cluster()
+    progress = progress or JobProgress(len(candidates) * len(plans), enabled=False)
     outcomes: list[list[MethodRun]] = [[] for _ in candidates]
     built: list[tuple[int, Candidate, Method]] = []
 
     def flush() -> None:
+        if not built:
+            return
         for plan in plans:
             jobs: dict[str, _Job] = {}
             for i, cand, method in built:
@@ -190,7 +198,7 @@ def compute(host: PluginHost, candidates: Sequence[Candidate], plans: Sequence[S
                 else:
                     jobs[run.record.run_key] = _Job(run, method, set())
                 outcomes[i].append(run)
-            _fill(list(jobs.values()), plan, store, settings, cluster)
+            _fill(list(jobs.values()), plan, store, settings, cluster, progress)
         built.clear()
 
     for i, cand in enumerate(candidates):
@@ -202,33 +210,29 @@ def compute(host: PluginHost, candidates: Sequence[Candidate], plans: Sequence[S
 
 
 def _fill(jobs: list[_Job], plan: SplitPlan, store: Any, settings: Settings,
-          cluster: distributed.Cluster) -> None:
+          cluster: distributed.Cluster, progress: JobProgress) -> None:
     for job in jobs:
         done = store.done_ids(job.run.record.run_key)
         job.pending = {s.sample_id for s in plan.samples if s.sample_id not in done}
         job.run.work.reused = len(plan.samples) - len(job.pending)
+    names = jobs[0].run.candidate.label if len(jobs) == 1 else f"{len(jobs)} methods"
+    progress.begin(len(jobs), f"{names} on {plan.dataset.name}/{plan.split}",
+                   sum(job.run.work.reused for job in jobs))
     todo = [s for s in plan.samples if any(s.sample_id in job.pending for job in jobs)]
     if not todo:
         return
     if cluster.distributed:
         todo = distributed.shard_groups(todo, cluster.rank, cluster.world, key=lambda s: s.group)
-    from tqdm import tqdm
-
-    names = jobs[0].run.candidate.label if len(jobs) == 1 else f"{len(jobs)} runs"
-    mine = {s.sample_id for s in todo}
-    with tqdm(total=sum(len(job.pending & mine) for job in jobs), unit="sample", file=sys.stderr,
-              desc=f"{names} on {plan.dataset.name}/{plan.split}", dynamic_ncols=True,
-              disable=not (settings.progress and cluster.is_main)) as bar:
-        if cluster.distributed:  # a shard of its own: nobody else computes these
-            for batch in group_batches(todo, settings.batch_size):
-                _compute(jobs, [(j, batch) for j in range(len(jobs))], plan, store, settings, None, bar)
-        else:
-            with Lease(store) as lease:
-                _claimed(jobs, todo, plan, store, settings, lease.owner, bar)
+    if cluster.distributed:  # a shard of its own: nobody else computes these
+        for batch in group_batches(todo, settings.batch_size):
+            _compute(jobs, [(j, batch) for j in range(len(jobs))], plan, store, settings, None, progress)
+    else:
+        with Lease(store) as lease:
+            _claimed(jobs, todo, plan, store, settings, lease.owner, progress)
 
 
 def _claimed(jobs: list[_Job], todo: list[Sample], plan: SplitPlan, store: Store,
-             settings: Settings, owner: str, bar: Any) -> None:
+             settings: Settings, owner: str, progress: JobProgress) -> None:
     """Claim batches of groups, compute them, write them; wait for groups other live writers
     hold, and take over those whose writer died."""
     groups = [list(members) for members in _groups(todo)]
@@ -261,11 +265,11 @@ def _claimed(jobs: list[_Job], todo: list[Sample], plan: SplitPlan, store: Store
                 elif pair in held_set:
                     waiting.add(j)
                 else:  # written by another writer meanwhile
-                    bar.update(len(members))
+                    progress.update(len(members))
             if waiting:
                 deferred.append((members, waiting))
         _compute(jobs, [(j, sorted(p, key=lambda s: order[s.sample_id])) for j, p in sorted(picks.items())],
-                 plan, store, settings, owner, bar)
+                 plan, store, settings, owner, progress)
 
 
 def _groups(samples: Sequence[Sample]) -> Iterator[list[Sample]]:
@@ -280,7 +284,7 @@ def _groups(samples: Sequence[Sample]) -> Iterator[list[Sample]]:
 
 
 def _compute(jobs: list[_Job], picks: list[tuple[int, list[Sample]]], plan: SplitPlan, store: Any,
-             settings: Settings, owner: str | None, bar: Any) -> None:
+             settings: Settings, owner: str | None, progress: JobProgress) -> None:
     """Load a batch's images once, then let each job predict its part, score it, write it."""
     needed = list({s.sample_id: s for _, sub in picks for s in sub}.values())
     images = {s.sample_id: load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in needed}
@@ -291,29 +295,34 @@ def _compute(jobs: list[_Job], picks: list[tuple[int, list[Sample]]], plan: Spli
         run, method = jobs[j].run, jobs[j].method
         start = time.perf_counter()
         predictions = predict(method, run.candidate.name, sub, [images[s.sample_id] for s in sub],
-                              [sample_seed(settings.seed, s.sample_id) for s in sub])
-        rows, groups = score_batch(sub, predictions, run.candidate.name, plan.thresholds, plan.dataset)
+                              [sample_seed(settings.seed, s.sample_id) for s in sub],
+                              settings.protocol.output_size)
+        rows, groups = score_batch(sub, predictions, run.candidate.name, plan.thresholds,
+                                   plan.dataset, settings.protocol)
         store.write(run.record.run_key, rows, groups, owner=owner)
         run.work.seconds += time.perf_counter() - start
         run.work.computed += len(sub)
         jobs[j].pending.difference_update(s.sample_id for s in sub)
-        bar.update(len(sub))
+        progress.update(len(sub))
 
 
 def compute_everywhere(host: PluginHost, candidates: Sequence[Candidate], plans: Sequence[SplitPlan],
                        store: Store, settings: Settings, together: bool,
-                       cluster: distributed.Cluster) -> list[list[MethodRun]]:
+                       cluster: distributed.Cluster,
+                       progress: JobProgress | None = None) -> list[list[MethodRun]]:
     """``compute``, alone or as one of the processes ``accelerate launch`` started: then each
     writes its shard to a file of its own and the main process merges them into ``store``;
     every process returns with the merged store."""
     if cluster.is_main and not store.temporary:  # rows a killed sharded run left come first
         distributed.merge_shards(store)
     if not cluster.distributed:
-        return compute(host, candidates, plans, store, settings, together=together, cluster=cluster)
+        return compute(host, candidates, plans, store, settings, together=together, cluster=cluster,
+                       progress=progress)
     cluster.barrier()
     sink = distributed.ShardWriter(store, distributed.new_shard_path(store.path, cluster.rank))
     try:
-        runs = compute(host, candidates, plans, sink, settings, together=together, cluster=cluster)
+        runs = compute(host, candidates, plans, sink, settings, together=together, cluster=cluster,
+                       progress=progress)
     finally:
         sink.close()
     work = cluster.gather([[(r.work.computed, r.work.seconds) for r in per] for per in runs])
@@ -343,7 +352,8 @@ def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: Da
                    splits: Sequence[str], *, store: Store, settings: Settings,
                    calibration: Calibration, statistics: StatsOptions,
                    breakdown: str | None = None, together: bool = False,
-                   cluster: distributed.Cluster | None = None, generate: bool = False) -> Results:
+                   cluster: distributed.Cluster | None = None, generate: bool = False,
+                   progress: JobProgress | None = None) -> Results:
     """Evaluate ``candidates`` on the reported ``splits`` (and the calibration split) of one
     data set, computing what ``store`` lacks, and score them."""
     check_evaluation(host, source, splits, calibration, settings)
@@ -355,16 +365,27 @@ def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: Da
         generate_missing(host, source)  # once, before any process opens it
     cluster.barrier()
     dataset = open_dataset(host, source)
+    if dataset.task == "semantic" and settings.protocol.name != "image":
+        raise UserError(f"the {settings.protocol.name} protocol is defined for referring data; "
+                        f"{source.name} is semantic segmentation: use --protocol image")
     root = source.resolved_root(host)
     computed = list(dict.fromkeys([*splits, *([calibration.split] if calibration.split else [])]))
     plans = [plan_split(dataset, root, split, settings) for split in computed]
-    runs = compute_everywhere(host, candidates, plans, store, settings, together, cluster)
+    own = progress is None
+    if own:
+        progress = JobProgress(len(candidates) * len(plans), settings.progress and cluster.is_main)
+    progress.plan(len(candidates) * sum(len(p.samples) for p in plans))
+    try:
+        runs = compute_everywhere(host, candidates, plans, store, settings, together, cluster, progress)
+    finally:
+        if own:
+            progress.close()
 
     scored: dict[tuple[str, str], Scored] = {}
     calibrating: dict[str, Scored] = {}
     for cand, per_plan in zip(candidates, runs):
         rows = {plan.split: RunRows.load(store, run.record.run_key, plan.samples, plan.thresholds,
-                                         plan.semantic)  # each run's rows, read once
+                                         plan.semantic, settings.protocol.empty_iou)  # read once
                 for run, plan in zip(per_plan, plans)}
         sweeps = None
         if calibration.split is not None:
@@ -388,6 +409,7 @@ def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: Da
                       calibration=calibration, statistics=statistics, seed=settings.seed,
                       limit=settings.limit, batch_size=settings.batch_size,
                       processes=cluster.world, breakdown=breakdown, calibrating=calibrating,
+                      protocol=settings.protocol,
                       samples={s: plans[computed.index(s)].samples for s in splits})
     return results
 
@@ -418,7 +440,7 @@ def evaluate(methods: str | Sequence[str | Any], dataset: str, split: str | Sequ
              tune_on_reported_split: bool = False, sweep_step: float = 0.05,
              breakdown: str | None = "kind", statistics: StatsOptions | None = None,
              together: bool = False, host: PluginHost | None = None, progress: bool = False,
-             generate: bool = False) -> Results:
+             generate: bool = False, protocol: str = "image", protocol_size: int = 512) -> Results:
     """Evaluate methods on a data set split and return the figures.
 
     ``methods``: registered names (``"gt_box"``, or ``"gt_box,full_image"``) or objects with a
@@ -428,7 +450,8 @@ def evaluate(methods: str | Sequence[str | Any], dataset: str, split: str | Sequ
     score-map thresholds are chosen on (by ``criterion``), or None to report them at
     ``threshold``. ``store``: a ``Store`` or a path to a ``store.sqlite`` to resume from and
     write to; by default a temporary one, deleted afterwards. ``generate`` writes a missing
-    synthetic data set (RefShapes) to its root first.
+    synthetic data set (RefShapes) to its root first. ``protocol="vpd"`` scores as VPD's test.py
+    does (everything squashed to ``protocol_size``; both empty counts as IoU 0).
 
     Prints nothing (unless ``progress``) and writes nothing but the store it is given. Every
     name, key and value is checked before the data set is opened or any model is loaded.
@@ -440,7 +463,7 @@ def evaluate(methods: str | Sequence[str | Any], dataset: str, split: str | Sequ
     if not isinstance(calibration, Calibration):
         calibration = Calibration(calibration, criterion, tune_on_reported_split, threshold)
     splits = [split] if isinstance(split, str) else list(split)
-    settings = Settings(seed, limit, batch_size, sweep_step, progress)
+    settings = Settings(seed, limit, batch_size, sweep_step, progress, Protocol(protocol, protocol_size))
     check_evaluation(host, source, splits, calibration, settings)
     with open_store(store) as opened:
         return run_evaluation(host, candidates, source, splits, store=opened, settings=settings,

@@ -12,7 +12,14 @@ from collections.abc import Iterable
 
 
 class UserError(Exception):
-    """A problem with the user's input, reported without a traceback (exit status 2)."""
+    """A problem with the user's input, reported without a traceback (exit status 2).
+
+    ``fix_args`` are command-line arguments that would make the command run (on the bundled
+    model, say): the command line prints the whole command with them added."""
+
+    def __init__(self, message: str, fix_args: list[str] | None = None):
+        super().__init__(message)
+        self.fix_args = list(fix_args or [])
 
 
 def did_you_mean(name: str, known: Iterable[str], what: str) -> UserError:

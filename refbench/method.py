@@ -28,14 +28,24 @@ def sample_seed(run_seed: int, sample_id: str) -> int:
 
 @dataclass
 class Batch:
-    """Samples with their decoded RGB images (H x W x 3, uint8) and per-sample seeds."""
+    """Samples with their decoded RGB images (H x W x 3, uint8) and per-sample seeds.
+
+    ``size``, when set, is the side of the square the evaluation protocol scores at (VPD's
+    protocol: 512): a method may return its maps at that size directly (``output_size``), as the
+    original code would; maps at the image's size are resized by the scorer either way.
+    """
 
     samples: list[Sample]
     images: list[np.ndarray]
     seeds: list[int]
+    size: int | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
+
+    def output_size(self, sample: Sample) -> tuple[int, int]:
+        """(H, W) a prediction for ``sample`` is expected at."""
+        return (self.size, self.size) if self.size else (sample.height, sample.width)
 
     def rngs(self) -> list[np.random.Generator]:
         """One NumPy generator per sample, seeded from its sample seed."""

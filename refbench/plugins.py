@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import sys
 import warnings
 from dataclasses import replace
 from functools import cached_property
@@ -74,7 +75,12 @@ class PluginHost:
             self._register(ep.name, module)
 
     def _load_env_modules(self) -> None:
-        for name in filter(None, (s.strip() for s in os.environ.get(ENV_PLUGINS, "").split(","))):
+        names = [s.strip() for s in os.environ.get(ENV_PLUGINS, "").split(",") if s.strip()]
+        if names and os.getcwd() not in sys.path and "" not in sys.path:
+            # a module beside the user (REFBENCH_PLUGINS=my_method in its folder) is found, as
+            # `python -m` would find it; installed modules still come first
+            sys.path.append(os.getcwd())
+        for name in names:
             try:
                 module = importlib.import_module(name)
             except Exception as error:

@@ -32,9 +32,14 @@ def method_fingerprint(name: str, config: dict[str, Any], weights: str = "") -> 
                   "refbench": refbench.__version__})
 
 
-def run_key(method_fp: str, dataset_fp: str, seed: int, thresholds: tuple[float, ...]) -> str:
-    return _hash({"method": method_fp, "dataset": dataset_fp, "seed": seed,
-                  "thresholds": list(thresholds)})
+def run_key(method_fp: str, dataset_fp: str, seed: int, thresholds: tuple[float, ...],
+            protocol: Any = None) -> str:
+    """The key a run's rows are stored under; ``protocol`` (None for refbench's default, which
+    keeps earlier keys) is part of it, since another protocol gives other counts."""
+    payload = {"method": method_fp, "dataset": dataset_fp, "seed": seed, "thresholds": list(thresholds)}
+    if protocol is not None:
+        payload["protocol"] = protocol
+    return _hash(payload)
 
 
 @lru_cache(maxsize=1)

@@ -163,11 +163,22 @@ class Store:
         while True:
             try:
                 self.conn = sqlite3.connect(str(self.path), timeout=timeout, isolation_level=None)
-                self._check_layout()  # before anything writes: a foreign file stays untouched
+                # Checking the layout and creating it is one write transaction, so a second
+                # process opening a new store waits and then finds it whole; a foreign file is
+                # left untouched (nothing is written before the check).
+                self.conn.execute("BEGIN IMMEDIATE")
+                try:
+                    self._check_layout()
+                    for statement in filter(str.strip, _SCHEMA.split(";")):
+                        self.conn.execute(statement)  # CREATE ... IF NOT EXISTS: idempotent
+                    self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)",
+                                      (str(SCHEMA_VERSION),))
+                except BaseException:
+                    self.conn.execute("ROLLBACK")
+                    raise
+                self.conn.execute("COMMIT")
                 self.conn.execute("PRAGMA journal_mode=WAL")
                 self.conn.execute("PRAGMA synchronous=NORMAL")
-                self.conn.executescript(_SCHEMA)  # idempotent; executescript commits itself
-                self.conn.execute("INSERT OR IGNORE INTO meta VALUES ('schema', ?)", (str(SCHEMA_VERSION),))
                 break
             except sqlite3.OperationalError as error:
                 # Switching to WAL needs a moment alone with the file; a second process

@@ -62,6 +62,7 @@ class TrainOptions:
     seed: int = 0
     out: Path | None = None
     progress: bool = True
+    mixed_precision: str = "no"  # "bf16" (CPU or CUDA) or "fp16" (CUDA), through accelerate
 
     def out_dir(self) -> Path:
         return self.out or Path("runs") / f"train-{self.method}-{self.dataset}"
@@ -143,7 +144,12 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
 
     from accelerate import Accelerator
 
-    accelerator = Accelerator(cpu=not torch.cuda.is_available())
+    if options.mixed_precision not in ("no", "bf16", "fp16"):
+        raise UserError(f"--mixed-precision {options.mixed_precision!r}: use no, bf16 or fp16")
+    if options.mixed_precision == "fp16" and not torch.cuda.is_available():
+        raise UserError("--mixed-precision fp16 needs a CUDA device; on the CPU use bf16")
+    accelerator = Accelerator(cpu=not torch.cuda.is_available(),
+                              mixed_precision=options.mixed_precision)
     main = accelerator.is_main_process
     world, rank = accelerator.num_processes, accelerator.process_index
     torch.manual_seed(options.seed)
@@ -163,7 +169,7 @@ def train(host: PluginHost, options: TrainOptions) -> dict[str, Any]:
     hyper = {"lr": options.lr, "weight_decay": options.weight_decay, "poly_power": options.poly_power,
              "batch_size": options.batch_size, "epochs": options.epochs, "seed": options.seed,
              "limit_train": options.limit_train, "dataset": options.dataset, "split": options.split,
-             "val_split": options.val_split}
+             "val_split": options.val_split, "mixed_precision": options.mixed_precision}
     history: list[dict[str, Any]] = []
     start_epoch = 1
     done = _epoch_checkpoints(folder)

@@ -6,6 +6,7 @@ from __future__ import annotations
 import ast
 import json
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -90,7 +91,8 @@ def test_two_concurrent_identical_runs_compute_each_sample_once(shapes_root: Pat
     n = _results(tmp_path / "shared")["results"]["logged_blobs"]["n"]
     assert len(computed) == n and set(computed.values()) == {1}  # each sample once, in total
     assert len(by_process) == 2 and min(by_process.values()) > 0  # and both did some of it
-    here = sum(int(out.split("logged_blobs: ")[1].split(" computed here")[0]) for out, _ in outputs)
+    here = sum(int(re.search(r"^logged_blobs: (\d+) computed here", out, re.M).group(1))
+               for out, _ in outputs)
     assert here == n  # each process reports what it computed itself
     alone = tmp_path / "alone"
     single = _launch_run(shapes_root, alone, tmp_path / "alone.log")
@@ -163,8 +165,8 @@ def test_a_new_metric_is_one_registry_entry(shapes_root: Path, tmp_path: Path):
     code = f"""
 import numpy as np
 from refbench.results import metrics
-extra = metrics.Metric("P@0.95", lambda i, u: (metrics.iou(i, u) >= 0.95).astype(float),
-                       lambda i, u: np.ones(len(i)), float("nan"), "share with IoU >= 0.95",
+extra = metrics.Metric("P@0.95", lambda i, u, e: (metrics.iou(i, u, e) >= 0.95).astype(float),
+                       lambda i, u, e: np.ones(len(i)), float("nan"), "share with IoU >= 0.95",
                        interval=True)
 metrics.METRICS = (*metrics.METRICS, extra)
 metrics.METRIC_NAMES = tuple(m.name for m in metrics.METRICS)

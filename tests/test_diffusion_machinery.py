@@ -45,7 +45,7 @@ def test_missing_hub_model_is_one_line(shapes_root: Path, tmp_path: Path):
     result = run_cli("run", "--methods", "diffsegmenter", "--data-root", str(shapes_root), "--out",
                      str(tmp_path), "--limit", "1", env={"HF_HUB_OFFLINE": "1", "HF_HOME": str(tmp_path / "hf")})
     assert_user_error(result, "stable-diffusion-v1-5/stable-diffusion-v1-5", "HF_HUB_OFFLINE",
-                      "*.backbone=tiny")
+                      "--backbone shapes")
     missing_dir = run_cli("run", "--methods", "diffsegmenter", "--data-root", str(shapes_root), "--out",
                           str(tmp_path), "--limit", "1", "--set", f"diffsegmenter.backbone={tmp_path}/none/x/y")
     assert_user_error(missing_dir, "does not exist", "diffusers layout")

@@ -119,7 +119,7 @@ def test_ddp_training_keeps_processes_in_sync(shapes_root: Path, tmp_path: Path)
     result = launch(2, "train", "--method", "lora_vpd", "--data-root", str(shapes_root),
                     "--limit-train", "8", "--batch-size", "2", "--epochs", "1", "--lr", "1e-3",
                     "--limit-val", "2", "--no-progress", "--out", str(out),
-                    "--set", "*.backbone=tiny", "--set", "*.image_size=128", "--set", "*.decoder_width=32")
+                    "--set", "*.backbone=tiny", "--set", "*.image_size=128")
     assert result.returncode == 0, result.stderr[-3000:]
     summary = json.loads((out / "train.json").read_text())
     epoch = summary["history"][-1]

@@ -289,7 +289,7 @@ class DiffSegmenter:
         maps, plans = self.score_maps(batch)
         out = []
         for sample, score, plan in zip(batch.samples, maps, plans):
-            resized = F.interpolate(score[None, None], size=(sample.height, sample.width),
+            resized = F.interpolate(score[None, None], size=batch.output_size(sample),
                                     mode="bilinear", align_corners=False)[0]
             if self.config.normalize == "after_resize":
                 resized = minmax(resized)

@@ -52,6 +52,10 @@ class AttentionRecord:
             self.cross_sums[resolution] = mean
             self.cross_counts[resolution] = 1
 
+    def add_self(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
+        """Queries and keys of one self-attention layer, kept for ``refine``."""
+        self.self_qk.append((self._keep(query), self._keep(key), scale))
+
     def resolutions(self) -> list[int]:
         return sorted(self.cross_sums)
 
@@ -94,8 +98,9 @@ class AttentionRecord:
 class CaptureProcessor:
     """An attention processor that records maps where asked and uses SDPA elsewhere."""
 
-    def __init__(self, record: AttentionRecord):
+    def __init__(self, record: AttentionRecord, keep: bool = True):
         self.record = record
+        self.keep = keep  # False: this layer's block is not recorded
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
@@ -133,8 +138,8 @@ class CaptureProcessor:
 
         resolution = math.isqrt(n_query)
         record = self.record
-        wanted_cross = is_cross and (record.cross_resolutions is None
-                                     or resolution in record.cross_resolutions)
+        wanted_cross = self.keep and is_cross and (record.cross_resolutions is None
+                                                   or resolution in record.cross_resolutions)
         if wanted_cross:
             scores = (query @ key.transpose(-1, -2)) * attn.scale
             if attention_mask is not None:
@@ -143,8 +148,8 @@ class CaptureProcessor:
             record.add_cross(resolution, probs)
             out = probs.to(value.dtype) @ value
         else:
-            if not is_cross and resolution == record.self_resolution:
-                record.self_qk.append((record._keep(query), record._keep(key), attn.scale))
+            if self.keep and not is_cross and resolution == record.self_resolution:
+                record.add_self(query, key, attn.scale)
             out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask,
                                                  scale=attn.scale)
 
@@ -157,21 +162,66 @@ class CaptureProcessor:
         return out / attn.rescale_output_factor
 
 
+class _DiscardingRecord(AttentionRecord):
+    """Where processors that stay installed write between recordings: the same decisions as a
+    record (so a recomputed forward takes the path the recorded one took), nothing kept."""
+
+    def add_cross(self, resolution: int, probs: torch.Tensor) -> None:
+        pass
+
+    def add_self(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:
+        pass
+
+
+class AttentionCapture:
+    """Capture processors installed on a UNet for good, recording only inside ``recording()``.
+
+    For gradient checkpointing: backward recomputes the UNet's forward after the forward's
+    context has exited, and the recomputation must compute attention exactly as the forward did
+    (explicit probabilities where maps are kept), or the saved tensors do not match.
+    """
+
+    def __init__(self, unet: Any, cross_resolutions: Iterable[int] | None = None,
+                 self_resolution: int | None = None, conditional: slice | None = None,
+                 blocks: Iterable[str] | None = None):
+        self._layout = {"cross_resolutions": frozenset(cross_resolutions)
+                        if cross_resolutions is not None else None,
+                        "self_resolution": self_resolution, "conditional": conditional}
+        parts = None if blocks is None else set(blocks)
+        idle = _DiscardingRecord(**self._layout)
+        self._processors = {name: CaptureProcessor(idle, parts is None or name.split(".")[0] in parts)
+                            for name in unet.attn_processors}
+        unet.set_attn_processor(dict(self._processors))
+
+    @contextmanager
+    def recording(self, keep_graph: bool = False) -> Iterator[AttentionRecord]:
+        record = AttentionRecord(**self._layout, keep_graph=keep_graph)
+        for processor in self._processors.values():
+            processor.record = record
+        try:
+            yield record
+        finally:
+            idle = _DiscardingRecord(**self._layout)
+            for processor in self._processors.values():
+                processor.record = idle
+
+
 @contextmanager
 def capture_attention(unet: Any, cross_resolutions: Iterable[int] | None = None,
                       self_resolution: int | None = None, conditional: slice | None = None,
-                      keep_graph: bool = False) -> Iterator[AttentionRecord]:
+                      keep_graph: bool = False,
+                      blocks: Iterable[str] | None = None) -> Iterator[AttentionRecord]:
     """Record attention during the forwards run inside the block; processors restored after.
 
     ``conditional`` selects the batch rows to record (for a classifier-free-guidance batch laid
-    out as [unconditional; conditional], pass ``slice(B // 2, None)``).
+    out as [unconditional; conditional], pass ``slice(B // 2, None)``). ``blocks`` limits the
+    recording to layers of those parts of the UNet ("down_blocks", "mid_block", "up_blocks";
+    default all).
     """
-    record = AttentionRecord(
-        cross_resolutions=frozenset(cross_resolutions) if cross_resolutions is not None else None,
-        self_resolution=self_resolution, conditional=conditional, keep_graph=keep_graph)
     original = unet.attn_processors
-    unet.set_attn_processor({name: CaptureProcessor(record) for name in original})
     try:
-        yield record
+        capture = AttentionCapture(unet, cross_resolutions, self_resolution, conditional, blocks)
+        with capture.recording(keep_graph) as record:
+            yield record
     finally:
         unet.set_attn_processor(original)

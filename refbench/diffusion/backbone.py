@@ -115,6 +115,9 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
                         f"diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
     where = str(local) if is_dir else source
     offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    bundled = ["--backbone", "shapes"] if name != "shapes" else []
+    if not is_dir:
+        _check_hub(source, name, offline, bundled)
     kwargs: dict[str, Any] = {"local_files_only": offline} if not is_dir else {}
     try:
         with _no_loading_bars(is_dir):
@@ -126,10 +129,37 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
         raise UserError(
             f"backbone {name or source!r} ({source}) could not be loaded {looked}: "
             f"{str(error).splitlines()[0][:160]}; download it to the cache or a local directory, "
-            f"or pick another with --set '*.backbone=tiny' (or a directory path)") from None
+            f"or pick another with --backbone shapes (the bundled model) or a directory path",
+            fix_args=bundled) from None
     backbone = Backbone(name or source, unet, vae, text_encoder, tokenizer, scheduler,
                         fingerprint=_pretrained_fingerprint(local if is_dir else None, unet))
     return backbone.to(device, dtype).eval()
+
+
+def _check_hub(repo: str, name: str, offline: bool, fix: list[str]) -> None:
+    """Fail at once, in one line, for a hub model that is not in the cache when the hub cannot be
+    reached (HF_HUB_OFFLINE, or no answer within 5 s), instead of the libraries' retries."""
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(repo, "model_index.json"), str):
+        return  # cached: from_pretrained reads it locally
+    home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+    how = (f"download it where there is network (huggingface-cli download {repo}) into {home}, "
+           f"give a local directory, or use --backbone shapes (the bundled model)")
+    if offline:
+        raise UserError(f"backbone {name or repo!r} ({repo}) is not in the Hugging Face cache "
+                        f"({home}) and HF_HUB_OFFLINE is set: {how}", fix_args=fix)
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import HfHubHTTPError
+
+    try:
+        HfApi().model_info(repo, timeout=5)
+    except HfHubHTTPError:
+        return  # the hub answered (a gated or missing repo): from_pretrained says which
+    except Exception as error:  # connection refused, DNS, timeout: the hub is unreachable
+        raise UserError(f"backbone {name or repo!r} ({repo}) is not in the Hugging Face cache "
+                        f"({home}) and the hub cannot be reached ({type(error).__name__}): {how}",
+                        fix_args=fix) from None
 
 
 def _components(where: str, kwargs: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:

@@ -30,13 +30,21 @@ stats = {"hits": 0, "misses": 0}
 Posterior = Literal["mean", "sample"]
 
 
-def to_pixels(images: Sequence[np.ndarray], size: int, antialias: bool = True) -> torch.Tensor:
-    """RGB uint8 images squashed to size x size (bilinear), scaled to [-1, 1]: (B, 3, size, size)."""
+def to_pixels(images: Sequence[np.ndarray], size: int, antialias: bool = True,
+              pil: bool = False) -> torch.Tensor:
+    """RGB uint8 images squashed to size x size (bilinear: torch's, antialiased or not, or PIL's
+    as torchvision's Resize does it), scaled to [-1, 1]: (B, 3, size, size)."""
     out = []
     for image in images:
-        x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
-        x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
-                          antialias=antialias)
+        if pil:
+            from PIL import Image
+
+            resized = np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+            x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float() / 255.0
+        else:
+            x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
+            x = F.interpolate(x, size=(size, size), mode="bilinear", align_corners=False,
+                              antialias=antialias)
         out.append(2 * x - 1)
     return torch.cat(out)
 
@@ -47,12 +55,12 @@ def _image_key(image: np.ndarray) -> str:
 
 def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: Sequence[int],
                       size: int, posterior: Posterior = "mean", antialias: bool = True,
-                      scaled: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+                      scaled: bool = True, pil: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE latents and seeded noise for each image. ``posterior``: the posterior's mean, or a
     sample mean + std * eps (``latent_dist.sample()``, eps from the seed); ``scaled``: times the
     VAE's ``scaling_factor`` (0.18215 for SD 1.x), as the UNet was trained on."""
     keys = [(backbone.fingerprint, str(backbone.device), str(backbone.dtype), size, seed,
-             posterior, antialias, scaled, _image_key(image)) for image, seed in zip(images, seeds)]
+             posterior, antialias, scaled, pil, _image_key(image)) for image, seed in zip(images, seeds)]
     # this batch's entries are held here, so evicting old ones can never drop one of them
     found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, key in enumerate(keys):
@@ -61,7 +69,7 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
             found[i] = _CACHE[key]
     missing = [i for i in range(len(keys)) if i not in found]
     if missing:
-        pixels = to_pixels([images[i] for i in missing], size, antialias).to(backbone.device, backbone.dtype)
+        pixels = to_pixels([images[i] for i in missing], size, antialias, pil).to(backbone.device, backbone.dtype)
         with torch.no_grad():
             dist = backbone.vae.encode(pixels).latent_dist
         scale = backbone.vae.config.scaling_factor if scaled else 1.0

@@ -83,13 +83,17 @@ def align(tokenizer: Any, prompt: str) -> TokenAlignment:
                           int(tokenizer.model_max_length))
 
 
-def tokenize(tokenizer: Any, prompts: list[str], device: torch.device) -> torch.Tensor:
-    """Input ids padded to the model's context length, as Stable Diffusion feeds its encoder."""
-    return tokenizer(prompts, padding="max_length", max_length=tokenizer.model_max_length,
+def tokenize(tokenizer: Any, prompts: list[str], device: torch.device,
+             max_length: int | None = None) -> torch.Tensor:
+    """Input ids padded (and cut) to ``max_length`` tokens, BOS and EOS included; by default the
+    model's context length, as Stable Diffusion feeds its encoder."""
+    return tokenizer(prompts, padding="max_length", max_length=max_length or tokenizer.model_max_length,
                      truncation=True, return_tensors="pt")["input_ids"].to(device)
 
 
-def encode(text_encoder: Any, tokenizer: Any, prompts: list[str]) -> torch.Tensor:
-    """Per-token embeddings (B, L, D): the UNet's cross-attention context."""
-    ids = tokenize(tokenizer, prompts, text_encoder.device)
+def encode(text_encoder: Any, tokenizer: Any, prompts: list[str],
+           max_length: int | None = None) -> torch.Tensor:
+    """Per-token embeddings (B, L, D), the last hidden state, without an attention mask: the
+    UNet's cross-attention context."""
+    ids = tokenize(tokenizer, prompts, text_encoder.device, max_length)
     return text_encoder(ids)[0]

@@ -21,13 +21,14 @@ from refbench.errors import UserError
 from refbench.core import Settings, check_evaluation, run_evaluation
 from refbench.grid import GridRun, check_grid, expand
 from refbench.plugins import PluginHost
+from refbench.progress import JobProgress
 from refbench.report.spec import DatasetEntry, GridEntry, ReportSpec
 from refbench.results.calibration import Calibration
 from refbench.results.files import timestamp
 from refbench.results.scored import Scored
 from refbench.results.stats import PairedResult, holm, paired_test
 from refbench.results.summary import Results
-from refbench.results.tables import Table, ablation_table
+from refbench.results.tables import Table, ablation_table, slug
 from refbench.store import Store
 
 
@@ -60,7 +61,7 @@ class SplitReport:
 
     @property
     def slug(self) -> str:
-        return _slug(f"{self.dataset.name}-{self.split}")
+        return slug(f"{self.dataset.name}-{self.split}")
 
 
 @dataclass
@@ -70,7 +71,7 @@ class GridReport:
 
     @property
     def slug(self) -> str:
-        return _slug(f"grid-{self.entry.grid.method}-{'-'.join(self.entry.grid.params)}-"
+        return slug(f"grid-{self.entry.grid.method}-{'-'.join(self.entry.grid.params)}-"
                      f"{self.entry.dataset}-{self.entry.split}")
 
 
@@ -85,10 +86,6 @@ class Report:
     git_hash: str | None = field(default_factory=provenance.git_hash)
 
 
-def _slug(text: str) -> str:
-    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
-
-
 def calibration_for(spec: ReportSpec, dataset: DatasetEntry) -> Calibration:
     return dataclasses.replace(spec.calibration, split=dataset.calibration_split)
 
@@ -99,7 +96,7 @@ def source_of(dataset: DatasetEntry) -> DataSource:
 
 def settings_of(spec: ReportSpec, progress: bool) -> Settings:
     return Settings(seed=spec.seed, limit=spec.limit, batch_size=spec.batch_size,
-                    sweep_step=spec.sweep_step, progress=progress)
+                    sweep_step=spec.sweep_step, progress=progress, protocol=spec.protocol)
 
 
 @dataclass
@@ -129,22 +126,43 @@ def check_spec(host: PluginHost, spec: ReportSpec) -> SpecPlan:
     return SpecPlan(methods, grids)
 
 
+def _computed_splits(spec: ReportSpec, dataset: DatasetEntry, reported: list[str]) -> int:
+    cal = calibration_for(spec, dataset).split
+    return len(dict.fromkeys([*reported, *([cal] if cal else [])]))
+
+
+def job_progress(spec: ReportSpec, plan: SpecPlan, enabled: bool, leaderboards: bool = True,
+                 grids: bool = True) -> JobProgress:
+    """One progress over every run the spec computes."""
+    runs = sum(len(plan.methods) * _computed_splits(spec, d, d.splits) for d in spec.datasets) if leaderboards else 0
+    if grids:
+        runs += sum(len(cells) * _computed_splits(spec, spec.dataset(g.dataset), [g.split])
+                    for g, cells in zip(spec.grids, plan.grids))
+    return JobProgress(runs, enabled)
+
+
 def run_leaderboards(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True,
-                     plan: SpecPlan | None = None,
-                     cluster: distributed.Cluster | None = None) -> list[SplitReport]:
+                     plan: SpecPlan | None = None, cluster: distributed.Cluster | None = None,
+                     job: JobProgress | None = None) -> list[SplitReport]:
     """Evaluate every method on every reported and calibration split, and analyse them."""
     plan = plan or check_spec(host, spec)
+    cluster = cluster or distributed.detect()
+    own = job is None
+    job = job or job_progress(spec, plan, progress and cluster.is_main, grids=False)
     reports = []
     for dataset in spec.datasets:
         results = run_evaluation(
             host, plan.methods, source_of(dataset), dataset.splits, store=store,
             settings=settings_of(spec, progress), calibration=calibration_for(spec, dataset),
-            statistics=spec.stats, breakdown=spec.breakdown, cluster=cluster, generate=True)
+            statistics=spec.stats, breakdown=spec.breakdown, cluster=cluster, generate=True,
+            progress=job)
         for split in dataset.splits:
             report = SplitReport(dataset, split, results)
             _analyse(spec, report)
             reports.append(report)
     adjust(reports)
+    if own:
+        job.close()
     return reports
 
 
@@ -184,17 +202,22 @@ def family_size(reports: list[SplitReport], tests: str = "comparisons") -> int:
 
 
 def run_grids(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = True,
-              plan: SpecPlan | None = None,
-              cluster: distributed.Cluster | None = None) -> list[GridReport]:
+              plan: SpecPlan | None = None, cluster: distributed.Cluster | None = None,
+              job: JobProgress | None = None) -> list[GridReport]:
     plan = plan or check_spec(host, spec)
+    cluster = cluster or distributed.detect()
+    own = job is None
+    job = job or job_progress(spec, plan, progress and cluster.is_main, leaderboards=False)
     out = []
     for entry, cells in zip(spec.grids, plan.grids):
         dataset = spec.dataset(entry.dataset)
         results = run_evaluation(
             host, cells, source_of(dataset), [entry.split], store=store,
             settings=settings_of(spec, progress), calibration=calibration_for(spec, dataset),
-            statistics=spec.stats, together=True, cluster=cluster, generate=True)
+            statistics=spec.stats, together=True, cluster=cluster, generate=True, progress=job)
         out.append(GridReport(entry, GridRun(entry.grid, results, expand(entry.grid))))
+    if own:
+        job.close()
     return out
 
 
@@ -218,8 +241,13 @@ def build(host: PluginHost, spec: ReportSpec, store: Store, progress: bool = Tru
           cluster: distributed.Cluster | None = None) -> Report:
     """Run what is missing and score everything the spec shows (the gallery aside)."""
     plan = check_spec(host, spec)
-    splits = run_leaderboards(host, spec, store, progress, plan, cluster)
-    grids = run_grids(host, spec, store, progress, plan, cluster)
+    cluster = cluster or distributed.detect()
+    job = job_progress(spec, plan, progress and cluster.is_main)
+    try:
+        splits = run_leaderboards(host, spec, store, progress, plan, cluster, job)
+        grids = run_grids(host, spec, store, progress, plan, cluster, job)
+    finally:
+        job.close()
     keys = [s.run_key for r in splits for s in r.scored.values()]
     keys += [s.run_key for r in splits for s in r.calibration_runs.values()]
     keys += [s.run_key for g in grids for _, s in g.result.cells]

@@ -25,7 +25,8 @@ from refbench.core import predict_maps
 from refbench.plugins import PluginHost
 from refbench.report.build import SplitReport
 from refbench.report.spec import GalleryEntry, ReportSpec
-from refbench.results.scoring import score_map_stats
+from refbench.method import Prediction
+from refbench.results.scoring import score_batch
 from refbench.store import Store
 
 DISPLAY_SIDE = 320  # longest side of a gallery picture, in pixels
@@ -134,21 +135,37 @@ def build_gallery(host: PluginHost, spec: ReportSpec, report: SplitReport, store
         stored = {r.sample_id: r for r in store.rows(scored.run_key,
                                                      sample_ids=[s.sample_id for s in samples])}
         ious = dict(zip((r.sample_id for r in scored.rows.rows), scored.rows.ious(scored.k)))
-        for row, sample, image, score_map in zip(rows, samples, images, maps):
+        for row, sample, image, output in zip(rows, samples, images, maps):
             stem = f"{_file_stem(sample.sample_id)}-m{m}"
             cut = 0.5 if threshold.value is None else threshold.value
+            score_map = _at_image(output, image.shape[:2])
             _save(mask_overlay(image, score_map >= cut, MASK_COLOUR), folder / f"{stem}-mask.jpg")
             heat = None
             if threshold.value is not None:
                 _save(heat_overlay(image, score_map), folder / f"{stem}-heat.jpg")
                 heat = rel(f"{stem}-heat.jpg")
-                check = score_map_stats(score_map, decode(sample.gt), scored.rows.thresholds)
+                # scored again exactly as the run scored it, protocol included
+                (check,), _ = score_batch([sample], [Prediction(scores=output)], label,
+                                          scored.rows.thresholds, None, spec.protocol)
                 if not np.array_equal(check.inter, stored[sample.sample_id].inter):
                     notes.append(f"{label} on sample {sample.sample_id}: the rerun differs from the "
                                  f"scored run (the method is not deterministic given its seed)")
             row.tiles.append(Tile(label, float(ious[sample.sample_id]), threshold.label(),
                                   rel(f"{stem}-mask.jpg"), heat))
     return Gallery(entry, rows, notes)
+
+
+def _at_image(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
+    """A method's output (or a stored mask) at the image's size, for display: the protocol may
+    have scored it on a square."""
+    if output.shape == shape:
+        return output.astype(np.float32)
+    import torch
+    import torch.nn.functional as F
+
+    x = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))[None, None]
+    mode = {"mode": "nearest-exact"} if output.dtype == bool else {"mode": "bilinear", "align_corners": False}
+    return F.interpolate(x, size=shape, **mode)[0, 0].numpy()
 
 
 def _file_stem(sample_id: str) -> str:
@@ -158,7 +175,7 @@ def _file_stem(sample_id: str) -> str:
 def _masks(store: Store, run_key: str, samples: list[Sample]) -> list[np.ndarray]:
     rows = {r.sample_id: r for r in store.rows(run_key, with_masks=True,
                                                sample_ids=[s.sample_id for s in samples])}
-    return [decode(rows[s.sample_id].mask_rle).astype(np.float32) for s in samples]
+    return [decode(rows[s.sample_id].mask_rle) for s in samples]
 
 
 def _rerun(host: PluginHost, spec: ReportSpec, label: str, samples: list[Sample],
@@ -166,4 +183,4 @@ def _rerun(host: PluginHost, spec: ReportSpec, label: str, samples: list[Sample]
     """Score maps of a method on the gallery's samples, seeded exactly as in the scored run."""
     entry = spec.method(label)
     return predict_maps(host, candidate(host, entry.name, entry.overrides, label),
-                        samples, images, spec.seed, spec.batch_size)
+                        samples, images, spec.seed, spec.batch_size, spec.protocol.output_size)

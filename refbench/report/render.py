@@ -20,8 +20,7 @@ from refbench.report.build import GridReport, Report, family_size, grid_table
 from refbench.report.charts import Point, Series, line_chart
 from refbench.report.exports import write_exports
 from refbench.report.gallery import Gallery
-from refbench.results.tables import (Table, breakdown_table, comparison_table, leaderboard,
-                                     reported_table, with_reported)
+from refbench.results.tables import (Table, breakdown_table, comparison_table, reported_table, with_reported)
 
 TABLES_DIR = "tables"
 RUNS_DIR = "runs"
@@ -61,7 +60,7 @@ def grid_chart(grid: GridReport) -> Markup:
 
 def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Table]:
     """Write index.html, gallery.html, one page per run and every table's exports; returns the
-    leaderboards and ablation tables (for the console)."""
+    tables for the console: per split its leaderboard, comparisons and breakdown, then the grids."""
     spec = report.spec
     env = environment()
     site.mkdir(parents=True, exist_ok=True)
@@ -73,9 +72,7 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
         leaderboards.append({
             "title": title, "slug": split.slug, "n": len(split.samples),
             "calibration_split": split.dataset.calibration_split,
-            "leaderboard": _exported(with_reported(leaderboard(
-                f"leaderboard-{split.slug}", f"Leaderboard: {title}", list(split.scored.items()),
-                split.dataset.calibration_split, confidence),
+            "leaderboard": _exported(with_reported(split.results.table(split.split),
                 [e for e in spec.reported if (e.dataset, e.split) == (split.dataset.name, split.split)]),
                 site),
             "comparisons": _exported(comparison_table(
@@ -108,7 +105,9 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
         (site / RUNS_DIR / f"{key}.html").write_text(env.get_template("run.html").render(
             **{**common, "root": "../"}, run=record, uses=_uses(report, key)),
             encoding="utf-8")
-    return [lb["leaderboard"]["table"] for lb in leaderboards] + [g["table"]["table"] for g in grids]
+    shown = [lb[part]["table"] for lb in leaderboards
+             for part in ("leaderboard", "comparisons", "comparisons_by", "breakdown") if lb[part]]
+    return shown + [g["table"]["table"] for g in grids]
 
 
 def _uses(report: Report, run_key: str) -> list[dict[str, Any]]:

@@ -21,6 +21,7 @@ from refbench.grid import GridSpec
 from refbench.reported import REGISTRY, Reported, chosen
 from refbench.results.calibration import Calibration, check_criterion
 from refbench.results.metrics import METRIC_NAMES, SEMANTIC_MIOU
+from refbench.results.scoring import Protocol
 from refbench.results.stats import StatsOptions
 
 REGRESS_METRICS = (*METRIC_NAMES, SEMANTIC_MIOU)
@@ -98,6 +99,7 @@ class ReportSpec:
     regress: RegressEntry | None
     note: str = ""  # a paragraph under the title: what the page shows, the verdict
     links: list[Link] = field(default_factory=list)
+    protocol: Protocol = field(default_factory=Protocol)  # where IoU is taken
     compare_by: str | None = None  # paired tests also within each value of this field
     reported: list[Reported] = field(default_factory=list)  # published figures shown beside ours
 
@@ -316,6 +318,7 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         note=top.get("note", str, "").strip(),
         links=_links(top.get("links", list, []), f"{path.name}: links"),
         compare_by=_nullable(top, "compare_by", None),
+        protocol=Protocol(top.get("protocol", str, "image"), top.get("protocol_size", int, 512)),
         reported=chosen(path.parent / REGISTRY, _text_list(top.get("reported", (list, str)),
                                                            f"{path.name}: reported")
                         if top.data.get("reported") else [], f"{path.name}: reported"))

@@ -9,7 +9,8 @@ P@k sums an indicator over the same count. Written that way, one bootstrap (clus
 parts, see ``stats``) gives intervals for any metric, and a new metric is one entry in
 ``METRICS`` below: tables, results files, specs and the regression check all iterate over it.
 
-Both-empty (U = 0) counts as IoU 1: predicting nothing for an empty target is right.
+Both-empty (U = 0) counts as IoU 1 (``empty``): predicting nothing for an empty target is
+right. VPD's protocol counts it 0, and passes ``empty=0``.
 """
 
 from __future__ import annotations
@@ -21,32 +22,33 @@ from functools import partial
 import numpy as np
 
 PRECISION_AT = (0.5, 0.6, 0.7, 0.8, 0.9)
-PerSample = Callable[[np.ndarray, np.ndarray], np.ndarray]  # (inter, union) -> one value per sample
+# (inter, union, the IoU of a both-empty sample) -> one value per sample
+PerSample = Callable[[np.ndarray, np.ndarray, float], np.ndarray]
 
 
-def iou(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-    """Elementwise I/U with the both-empty case (U = 0) counted as 1."""
+def iou(inter: np.ndarray, union: np.ndarray, empty: float = 1.0) -> np.ndarray:
+    """Elementwise I/U with the both-empty case (U = 0) counted as ``empty``."""
     inter = np.asarray(inter, dtype=np.float64)
     union = np.asarray(union, dtype=np.float64)
-    out = np.ones_like(union)
+    out = np.full_like(union, empty)
     np.divide(inter, union, out=out, where=union > 0)
     return out
 
 
-def _counts(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+def _counts(inter: np.ndarray, union: np.ndarray, empty: float) -> np.ndarray:
     return np.asarray(inter, dtype=np.float64)
 
 
-def _unions(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+def _unions(inter: np.ndarray, union: np.ndarray, empty: float) -> np.ndarray:
     return np.asarray(union, dtype=np.float64)
 
 
-def _ones(inter: np.ndarray, union: np.ndarray) -> np.ndarray:
+def _ones(inter: np.ndarray, union: np.ndarray, empty: float) -> np.ndarray:
     return np.ones(np.shape(inter), dtype=np.float64)
 
 
-def _at_least(k: float, inter: np.ndarray, union: np.ndarray) -> np.ndarray:
-    return (iou(inter, union) >= k).astype(np.float64)
+def _at_least(k: float, inter: np.ndarray, union: np.ndarray, empty: float) -> np.ndarray:
+    return (iou(inter, union, empty) >= k).astype(np.float64)
 
 
 @dataclass(frozen=True)
@@ -60,9 +62,10 @@ class Metric:
     description: str
     interval: bool = False  # shown with its bootstrap interval in leaderboards
 
-    def value(self, inter: np.ndarray, union: np.ndarray) -> float:
-        total = float(self.denominator(inter, union).sum())
-        return float(self.numerator(inter, union).sum() / total) if total > 0 else self.when_empty
+    def value(self, inter: np.ndarray, union: np.ndarray, empty: float = 1.0) -> float:
+        total = float(self.denominator(inter, union, empty).sum())
+        return (float(self.numerator(inter, union, empty).sum() / total) if total > 0
+                else self.when_empty)
 
 
 METRICS: tuple[Metric, ...] = (
@@ -84,31 +87,31 @@ def metric(name: str) -> Metric:
     raise KeyError(name)
 
 
-def summarize(inter: np.ndarray, union: np.ndarray) -> dict[str, float]:
+def summarize(inter: np.ndarray, union: np.ndarray, empty: float = 1.0) -> dict[str, float]:
     """Every metric over samples at one threshold (1-D arrays of per-sample counts)."""
     inter = np.asarray(inter, dtype=np.float64)
     union = np.asarray(union, dtype=np.float64)
     n = len(inter)
     if n == 0:
         return {"n": 0, **{m.name: float("nan") for m in METRICS}}
-    return {"n": n, **{m.name: m.value(inter, union) for m in METRICS}}
+    return {"n": n, **{m.name: m.value(inter, union, empty) for m in METRICS}}
 
 
-def summarize_sweep(inter: np.ndarray, union: np.ndarray,
-                    thresholds: tuple[float, ...] | list[float]) -> list[dict[str, float]]:
+def summarize_sweep(inter: np.ndarray, union: np.ndarray, thresholds: tuple[float, ...] | list[float],
+                    empty: float = 1.0) -> list[dict[str, float]]:
     """``summarize`` at every threshold; ``inter``/``union`` are (N, T)."""
-    return [{"threshold": float(th), **summarize(inter[:, k], union[:, k])}
+    return [{"threshold": float(th), **summarize(inter[:, k], union[:, k], empty)}
             for k, th in enumerate(thresholds)]
 
 
-def ratio_parts(inter: np.ndarray, union: np.ndarray,
-                names: tuple[str, ...] = INTERVAL_METRICS) -> np.ndarray:
+def ratio_parts(inter: np.ndarray, union: np.ndarray, names: tuple[str, ...] = INTERVAL_METRICS,
+                empty: float = 1.0) -> np.ndarray:
     """Per-sample numerators and denominators of the named metrics, (N, 2 * len(names)): the
     columns a cluster bootstrap sums."""
     columns = []
     for name in names:
         m = metric(name)
-        columns += [m.numerator(inter, union), m.denominator(inter, union)]
+        columns += [m.numerator(inter, union, empty), m.denominator(inter, union, empty)]
     return np.stack(columns, axis=1) if columns else np.zeros((len(inter), 0))
 
 

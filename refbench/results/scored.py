@@ -47,10 +47,11 @@ class RunRows:
     thresholds: tuple[float, ...]
     missing: int  # samples of the list the store has no row for
     confusion: np.ndarray | None = None  # (T, C, C) summed over the samples' images (semantic)
+    empty_iou: float = 1.0  # the IoU of a sample whose prediction and truth are both empty
 
     @classmethod
     def load(cls, store: Store, run_key: str, samples: Sequence[Sample],
-             thresholds: Sequence[float], semantic: bool = False) -> RunRows:
+             thresholds: Sequence[float], semantic: bool = False, empty_iou: float = 1.0) -> RunRows:
         """Read the run's rows once; rows of other samples are ignored, absent ones counted."""
         by_id = {r.sample_id: r for r in store.rows(run_key)}
         rows = [by_id[s.sample_id] for s in samples if s.sample_id in by_id]
@@ -67,7 +68,7 @@ class RunRows:
                     index = np.array([0] + list(g.classes))
                     confusion[:, index[:, None], index[None, :]] += g.confusion
         return cls(run_key, rows, inter, pred + gt - inter, tuple(thresholds),
-                   len(samples) - len(rows), confusion)
+                   len(samples) - len(rows), confusion, empty_iou)
 
     @property
     def is_mask(self) -> bool:
@@ -79,10 +80,10 @@ class RunRows:
 
     def ious(self, k: int) -> np.ndarray:
         """Per-sample IoU at threshold index ``k``."""
-        return iou(self.inter[:, k], self.union[:, k])
+        return iou(self.inter[:, k], self.union[:, k], self.empty_iou)
 
     def sweep(self) -> list[dict[str, float]]:
-        return summarize_sweep(self.inter, self.union, self.thresholds)
+        return summarize_sweep(self.inter, self.union, self.thresholds, self.empty_iou)
 
     def semantic_sweep(self) -> list[dict[str, float]] | None:
         if self.confusion is None:
@@ -115,7 +116,8 @@ class RunRows:
         if all(v == "(none)" for v in values):
             return {}
         keys = np.array(values)
-        return {value: summarize(self.inter[keys == value, k], self.union[keys == value, k])
+        return {value: summarize(self.inter[keys == value, k], self.union[keys == value, k],
+                                 self.empty_iou)
                 for value in sorted(set(values))}
 
 
@@ -155,9 +157,10 @@ class Scored:
         from refbench.results.scoring import threshold_index
 
         k = 0 if threshold.value is None else threshold_index(rows.thresholds, threshold.value)
-        metrics = summarize(rows.inter[:, k], rows.union[:, k])
+        metrics = summarize(rows.inter[:, k], rows.union[:, k], rows.empty_iou)
         intervals = bootstrap_ci(rows.inter[:, k], rows.union[:, k], rows.image_ids,
-                                 stats.resamples, stats.confidence, stats.seed)
+                                 stats.resamples, stats.confidence, stats.seed,
+                                 empty=rows.empty_iou)
         semantic = None
         if rows.confusion is not None:
             semantic = confusion_miou(rows.confusion[k])

@@ -1,9 +1,12 @@
 """Per-sample scoring: a batch's predictions become counts rows (and per-image confusions).
 
 This is the only place where a prediction meets its ground truth, so every method is scored by
-the same code, at the image's own resolution, over the same threshold sweep. A score map's pixel
-is predicted at threshold t when ``score >= t``; one pass over the pixels gives the counts at
-every threshold. A binary mask scores the same at every threshold, so it is counted once.
+the same code, over the same threshold sweep, under one protocol: refbench's (at the image's own
+resolution; both empty counts as IoU 1) or VPD's (everything squashed to S x S, 512 for SD 1.5:
+the ground truth resized with nearest, a prediction at the image's size resized bilinearly, a
+mask with nearest; both empty counts as IoU 0). A score map's pixel is predicted at threshold t
+when ``score >= t``; one pass over the pixels gives the counts at every threshold. A binary mask
+scores the same at every threshold, so it is counted once.
 """
 
 from __future__ import annotations
@@ -11,6 +14,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from dataclasses import dataclass
 from itertools import groupby
+from typing import Any, Literal
 
 import numpy as np
 
@@ -22,6 +26,58 @@ from refbench.results.metrics import iou
 from refbench.store import GroupRow, SampleRow
 
 MASK_THRESHOLD = 0.5  # the threshold at which a score map's mask is stored
+PROTOCOLS = ("image", "vpd")
+
+
+@dataclass(frozen=True)
+class Protocol:
+    """Where and how IoU is taken: ``image`` (refbench's default) or ``vpd`` (VPD's test.py)."""
+
+    name: Literal["image", "vpd"] = "image"
+    size: int = 512  # vpd: the square everything is squashed to
+
+    def __post_init__(self) -> None:
+        if self.name not in PROTOCOLS:
+            raise UserError(f"unknown protocol {self.name!r}: use image (the image's own "
+                            f"resolution) or vpd (VPD's: squashed to --protocol-size)")
+        if self.size < 8:
+            raise UserError(f"protocol size must be at least 8, got {self.size}")
+
+    @property
+    def empty_iou(self) -> float:
+        return 0.0 if self.name == "vpd" else 1.0
+
+    @property
+    def output_size(self) -> int | None:
+        """The side methods are asked to predict at (None: the image's own size)."""
+        return self.size if self.name == "vpd" else None
+
+    def key(self) -> Any:
+        """What a run key adds for this protocol (nothing for the default, so keys stay)."""
+        return None if self.name == "image" else {"protocol": self.name, "size": self.size}
+
+    def describe(self) -> str:
+        if self.name == "image":
+            return "image: IoU at each image's own resolution; both empty counts as 1"
+        return (f"vpd: image and ground truth squashed to {self.size}x{self.size} (the truth with "
+                f"nearest), IoU there; both empty counts as 0 (VPD's test.py)")
+
+    def squash(self, array: np.ndarray, nearest: bool) -> np.ndarray:
+        """An H x W map at ``size`` x ``size``: nearest (PIL's rule) or bilinear."""
+        import torch
+        import torch.nn.functional as F
+
+        if array.shape == (self.size, self.size):
+            return array
+        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+        if nearest:
+            out = F.interpolate(x, size=(self.size, self.size), mode="nearest-exact")
+            return out[0, 0].numpy() > 0.5
+        out = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return out[0, 0].numpy().clip(0, 1)
+
+
+DEFAULT_PROTOCOL = Protocol()
 
 
 def sweep_thresholds(step: float = 0.05) -> tuple[float, ...]:
@@ -92,13 +148,16 @@ def mask_stats(mask: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]) ->
     return SampleStats(inter=inter, pred_area=pred, gt_area=int(np.count_nonzero(gt)))
 
 
-def prediction_map(prediction: Prediction, sample: Sample, method: str) -> np.ndarray:
-    """The prediction validated: float32 scores in [0, 1], or a bool mask, at the image's size."""
+def prediction_map(prediction: Prediction, sample: Sample, method: str,
+                   size: int | None = None) -> np.ndarray:
+    """The prediction validated: float32 scores in [0, 1], or a bool mask, at the image's size
+    (or at ``size`` x ``size``, the protocol's, when it was asked for that)."""
     where = f"method {method!r} on sample {sample.sample_id}"
     if not isinstance(prediction, Prediction):
         raise UserError(f"{where} returned {type(prediction).__name__}, not a refbench Prediction")
     array = np.asarray(prediction.scores if prediction.is_score_map else prediction.mask)
-    if array.shape != (sample.height, sample.width):
+    allowed = {(sample.height, sample.width)} | ({(size, size)} if size else set())
+    if array.shape not in allowed:
         raise UserError(f"{where} returned a map of shape {array.shape}; the image is "
                         f"{sample.height}x{sample.width} (H x W): resize the output to the image")
     if not prediction.is_score_map:
@@ -115,16 +174,20 @@ def as_scores(prediction_array: np.ndarray) -> np.ndarray:
 
 
 def score_batch(samples: Sequence[Sample], predictions: Sequence[Prediction], method: str,
-                thresholds: Sequence[float], dataset: Dataset | None = None
-                ) -> tuple[list[SampleRow], list[GroupRow]]:
+                thresholds: Sequence[float], dataset: Dataset | None = None,
+                protocol: Protocol = DEFAULT_PROTOCOL) -> tuple[list[SampleRow], list[GroupRow]]:
     """Rows for a batch; for semantic data also one confusion per image (whole groups only)."""
     if len(predictions) != len(samples):
         raise UserError(f"method {method!r} returned {len(predictions)} predictions for "
                         f"{len(samples)} samples")
-    maps = [prediction_map(p, s, method) for p, s in zip(predictions, samples)]
+    maps = [prediction_map(p, s, method, protocol.output_size) for p, s in zip(predictions, samples)]
+    if protocol.output_size:
+        maps = [protocol.squash(m, nearest=m.dtype == bool) for m in maps]
     rows = []
     for sample, prediction, array in zip(samples, predictions, maps):
         gt = decode(sample.gt)
+        if protocol.output_size:
+            gt = protocol.squash(gt, nearest=True)
         is_mask = array.dtype == bool
         stats = mask_stats(array, gt, thresholds) if is_mask else score_map_stats(array, gt, thresholds)
         rows.append(SampleRow(

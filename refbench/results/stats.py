@@ -94,7 +94,8 @@ class StatsOptions:
 
 def bootstrap_ci(inter: np.ndarray, union: np.ndarray, clusters: np.ndarray,
                  resamples: int = DEFAULT_RESAMPLES, confidence: float = DEFAULT_CONFIDENCE,
-                 seed: int = 0, names: tuple[str, ...] = INTERVAL_METRICS) -> dict[str, Interval]:
+                 seed: int = 0, names: tuple[str, ...] = INTERVAL_METRICS,
+                 empty: float = 1.0) -> dict[str, Interval]:
     """Percentile bootstrap intervals of the named metrics, resampling clusters (images).
 
     ``inter`` and ``union`` are per-sample counts at one threshold; ``clusters`` the image id of
@@ -108,7 +109,7 @@ def bootstrap_ci(inter: np.ndarray, union: np.ndarray, clusters: np.ndarray,
     if len(inter) == 0:
         nan = Interval(float("nan"), float("nan"), float("nan"))
         return {name: nan for name in names}
-    sums = cluster_sums(ratio_parts(inter, union, names), clusters)
+    sums = cluster_sums(ratio_parts(inter, union, names, empty), clusters)
     rng = np.random.default_rng(seed)
     totals = np.concatenate([weights @ sums for weights in bootstrap_weights(rng, len(sums), resamples)])
     whole = sums.sum(0)

@@ -19,8 +19,9 @@ from refbench.results.calibration import Calibration
 from refbench.results.files import dumps, timestamp
 from refbench.results.metrics import METRIC_NAMES, SEMANTIC_MIOU
 from refbench.results.scored import Scored
+from refbench.results.scoring import DEFAULT_PROTOCOL, Protocol
 from refbench.results.stats import StatsOptions
-from refbench.results.tables import Table, breakdown_table, leaderboard
+from refbench.results.tables import Table, breakdown_table, leaderboard, slug
 
 LIMIT_NOTE = "limit was used: these figures cover a subset and are NOT a real score"
 
@@ -52,6 +53,7 @@ class Results:
     breakdown: str | None = None
     calibrating: dict[str, Scored] = field(default_factory=dict)  # label -> its calibration run
     samples: dict[str, list[Sample]] = field(default_factory=dict)  # split -> what was evaluated
+    protocol: Protocol = DEFAULT_PROTOCOL
     created: str = field(default_factory=timestamp)
 
     # -- access ----------------------------------------------------------------------------
@@ -140,16 +142,19 @@ class Results:
         """The leaderboard of one split, as the console and the site show it."""
         split = split or self._only_split()
         info = next(s for s in self.splits if s.split == split)
-        return leaderboard(f"leaderboard-{info.dataset}-{split}", f"Leaderboard: {info.dataset} {split}",
-                           list(self.on(split).items()), self.calibration.split,
-                           self.statistics.confidence)
+        table = leaderboard(f"leaderboard-{slug(f'{info.dataset}-{split}')}", f"Leaderboard: {info.dataset} {split}",
+                            list(self.on(split).items()), self.calibration.split,
+                            self.statistics.confidence)
+        if self.protocol.name != "image":
+            table.notes.append(f"Protocol {self.protocol.describe()}.")
+        return table
 
     def breakdown_table(self, split: str | None = None) -> Table | None:
         split = split or self._only_split()
         entries = [(label, s.breakdowns[self.breakdown]) for label, s in self.on(split).items()
                    if self.breakdown and self.breakdown in s.breakdowns]
         info = next(s for s in self.splits if s.split == split)
-        return breakdown_table(f"breakdown-{info.dataset}-{split}",
+        return breakdown_table(f"breakdown-{slug(f'{info.dataset}-{split}')}",
                                f"Breakdown by {self.breakdown}: {info.dataset} {split}",
                                self.breakdown or "", entries)
 
@@ -167,6 +172,8 @@ class Results:
                             "tune_on_reported_split": self.calibration.tune_on_reported_split},
             "statistics": {"resamples": self.statistics.resamples,
                            "confidence": self.statistics.confidence, "seed": self.statistics.seed},
+            "protocol": {"name": self.protocol.name, "size": self.protocol.output_size,
+                         "description": self.protocol.describe()},
         }
         if len(self.splits) == 1:
             (info,) = self.splits

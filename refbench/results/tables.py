@@ -38,6 +38,11 @@ class Table:
     notes: list[str] = field(default_factory=list)
 
 
+def slug(text: str) -> str:
+    """A file stem (exports, page anchors) from a title-like text."""
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in text)
+
+
 def pct(value: float | None) -> Cell:
     if value is None or math.isnan(value):
         return Cell("-", None)
