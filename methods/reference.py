@@ -21,9 +21,10 @@ from refbench.method import Batch, Prediction
 def refbench_methods() -> list[MethodSpec]:
     return [
         MethodSpec("full_image", "methods.reference:FullImage",
-                   "predicts the whole image (the floor)"),
+                   "predicts the whole image (the floor)", source="refbench reference method"),
         MethodSpec("gt_box", "methods.reference:GroundTruthBox",
-                   "fills the ground-truth bounding box (the box-vs-mask ceiling; reads the answer)"),
+                   "fills the ground-truth bounding box (the box-vs-mask ceiling; reads the answer)",
+                   source="refbench reference method"),
     ]
 
 

@@ -90,6 +90,7 @@ class SplitPlan:
     samples: list[Sample]
     fingerprint: str
     thresholds: tuple[float, ...]
+    label: str = ""  # the data set as the user named it (a spec's dataset), for progress lines
 
     @property
     def semantic(self) -> bool:
@@ -100,13 +101,15 @@ class SplitPlan:
                          self.fingerprint, len(self.samples))
 
 
-def plan_split(dataset: Dataset, root: Path, split: str, settings: Settings) -> SplitPlan:
+def plan_split(dataset: Dataset, root: Path, split: str, settings: Settings,
+               label: str = "") -> SplitPlan:
     """List the split's samples, failing early on missing images."""
     samples = first_samples(dataset.samples(split), settings.limit)
     if not samples:
         raise UserError(f"split {split!r} of {dataset.name} has no samples")
     check_images_exist([s.image_path for s in samples])
-    return SplitPlan(dataset, root, split, samples, dataset.fingerprint(split), settings.thresholds)
+    return SplitPlan(dataset, root, split, samples, dataset.fingerprint(split), settings.thresholds,
+                     label or dataset.name)
 
 
 @dataclass
@@ -116,6 +119,16 @@ class MethodRun:
     candidate: Candidate
     record: RunRecord
     work: Work = field(default_factory=Work)
+
+
+def run_info(candidate: Candidate) -> dict[str, Any]:
+    """What pages say of a run besides its config: where the method comes from, whether it was
+    trained (an in-memory method's kind is not known)."""
+    spec = candidate.spec
+    training = None if spec is None else ("trained" if spec.trainable else "training-free")
+    return {"plugin": candidate.plugin, "training": training,
+            "source": spec.source if spec is not None else "",
+            "summary": spec.summary if spec is not None else ""}
 
 
 def start_run(candidate: Candidate, method: Method, plan: SplitPlan, store: Any,
@@ -129,7 +142,7 @@ def start_run(candidate: Candidate, method: Method, plan: SplitPlan, store: Any,
         method=candidate.name, method_fingerprint=method_fp, config=candidate.config_dict,
         dataset=plan.dataset.name, split=plan.split, dataset_fingerprint=plan.fingerprint,
         seed=settings.seed, thresholds=plan.thresholds, versions=provenance.versions(),
-        git_hash=provenance.git_hash(), limit_n=settings.limit, info={"plugin": candidate.plugin})
+        git_hash=provenance.git_hash(), limit_n=settings.limit, info=run_info(candidate))
     store.register_run(record)
     return MethodRun(candidate, record)
 
@@ -216,7 +229,7 @@ def _fill(jobs: list[_Job], plan: SplitPlan, store: Any, settings: Settings,
         job.pending = {s.sample_id for s in plan.samples if s.sample_id not in done}
         job.run.work.reused = len(plan.samples) - len(job.pending)
     names = jobs[0].run.candidate.label if len(jobs) == 1 else f"{len(jobs)} methods"
-    progress.begin(len(jobs), f"{names} on {plan.dataset.name}/{plan.split}",
+    progress.begin(len(jobs), f"{names} on {plan.label}/{plan.split}",
                    sum(job.run.work.reused for job in jobs))
     todo = [s for s in plan.samples if any(s.sample_id in job.pending for job in jobs)]
     if not todo:
@@ -370,7 +383,7 @@ def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: Da
                         f"{source.name} is semantic segmentation: use --protocol image")
     root = source.resolved_root(host)
     computed = list(dict.fromkeys([*splits, *([calibration.split] if calibration.split else [])]))
-    plans = [plan_split(dataset, root, split, settings) for split in computed]
+    plans = [plan_split(dataset, root, split, settings, source.name) for split in computed]
     own = progress is None
     if own:
         progress = JobProgress(len(candidates) * len(plans), settings.progress and cluster.is_main)

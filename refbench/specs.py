@@ -38,6 +38,7 @@ class MethodSpec:
     factory: str
     summary: str = ""
     trainable: bool = False
+    source: str = ""  # the work it comes from: title, authors, venue or address
     plugin: str = field(default="", compare=False)
 
 

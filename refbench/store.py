@@ -238,9 +238,12 @@ class Store:
                  run.dataset, run.split, run.dataset_fingerprint, run.seed,
                  json.dumps(list(run.thresholds)), json.dumps(run.versions, sort_keys=True),
                  run.git_hash, run.limit_n, json.dumps(run.info, sort_keys=True), now, now))
-            conn.execute("UPDATE runs SET limit_n=?, versions=?, git_hash=?, updated=? WHERE run_key=?",
-                         (run.limit_n, json.dumps(run.versions, sort_keys=True), run.git_hash, now,
-                          run.run_key))
+            stored = conn.execute("SELECT info FROM runs WHERE run_key=?", (run.run_key,)).fetchone()
+            info = {**json.loads(stored[0]), **run.info}  # what the method says of itself now
+            conn.execute("UPDATE runs SET limit_n=?, versions=?, git_hash=?, info=?, updated=? "
+                         "WHERE run_key=?",
+                         (run.limit_n, json.dumps(run.versions, sort_keys=True), run.git_hash,
+                          json.dumps(info, sort_keys=True), now, run.run_key))
 
     def update_run_info(self, run_key: str, info: dict[str, Any]) -> None:
         with self.transaction() as conn:

@@ -53,8 +53,7 @@ class Browser:
                                               suppress_origin=True)
         for domain in ("Page", "Runtime", "Network"):
             self.call(f"{domain}.enable")
-        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
-                  deviceScaleFactor=1, mobile=False)
+        self.set_width(width, height)
 
     def _port(self) -> int:
         marker = self.profile / "DevToolsActivePort"
@@ -115,10 +114,17 @@ class Browser:
         return [e["params"]["request"]["url"] for e in self.events
                 if e.get("method") == "Network.requestWillBeSent"]
 
+    def set_width(self, width: int, height: int = 900) -> None:
+        """Resize the viewport (a reload is not needed: layout follows at once)."""
+        self.width = width
+        self.call("Emulation.setDeviceMetricsOverride", width=width, height=height,
+                  deviceScaleFactor=1, mobile=False)
+
     def screenshot(self, path: Path) -> None:
         height = self.evaluate("document.documentElement.scrollHeight")
         data = self.call("Page.captureScreenshot", format="png", captureBeyondViewport=True,
-                         clip={"x": 0, "y": 0, "width": 1280, "height": min(height, 4000), "scale": 1})
+                         clip={"x": 0, "y": 0, "width": self.width, "height": min(height, 4000),
+                               "scale": 1})
         path.parent.mkdir(parents=True, exist_ok=True)
         path.write_bytes(base64.b64decode(data["data"]))
 

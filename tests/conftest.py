@@ -82,7 +82,7 @@ def report_spec(root: Path, store: Path, **extra: str) -> str:
     """A small report spec over a RefShapes copy: two reference methods and a score-map test
     method, a grid, a gallery; ``extra`` replaces top-level sections (YAML text)."""
     sections = {
-        "head": (f"title: Test report\nstore: {store}\nseed: 0\nbatch_size: 4\n"
+        "head": (f"title: Test report\nstore: {store}\nseed: 0\nbatch_size: 4\nbreakdown: kind\n"
                  "note: 'Shapes <i>only</i>'\nlinks:\n  - {title: 'All <b>galleries</b>', href: gallery.html}\n"),
         "calibration": "calibration:\n  split: val\n  criterion: mIoU\n",
         "statistics": "statistics:\n  resamples: 300\n",
@@ -91,7 +91,7 @@ def report_spec(root: Path, store: Path, **extra: str) -> str:
                     "    label: GT box\n  - name: shared_blobs\n    label: '" + HOSTILE_LABEL + "'\n"
                     "    set: {alpha: 0.9}\n"),
         "grids": ("grids:\n  - method: shared_blobs\n    params: {alpha: [0.0, 0.5, 0.9]}\n"
-                  "    split: testA\n"),
+                  "    split: testA\n    baseline: GT box\n"),
         "gallery": ("gallery:\n  split: testB\n  samples: 2\n  include: ['HOSTILE_ID']\n"
                     "  contrast: ['" + HOSTILE_LABEL + "', GT box]\n"),
     }

@@ -52,6 +52,21 @@ def test_one_flag_vocabulary_across_commands(shapes_root: Path, tmp_path: Path):
         assert_user_error(run_cli(*position, env=broken), "no_such_plugin_module")
 
 
+def test_every_method_names_its_source():
+    listing = run_cli("ls", "methods")
+    assert listing.returncode == 0, listing.stderr
+    lines = listing.stdout.splitlines()
+    for name, title in [("vpd", "Unleashing Text-to-Image Diffusion Models for Visual Perception"),
+                        ("lora_vpd", "Referring Image Segmentation via Text-to-Image Diffusion Models"),
+                        ("diffsegmenter", "Diffusion Model is Secretly a Training-free Open Vocabulary"),
+                        ("diffsegmenter_uea", "Attribute binding enhancement improvement")]:
+        row = next(i for i, line in enumerate(lines) if line.split()[:1] == [name])
+        assert lines[row + 1].strip().startswith("source: ") and title in lines[row + 1], (name, lines[row + 1])
+    assert not any(word in listing.stdout for word in ("seed 000", "seed 003", "eq. "))
+    backbones = run_cli("ls", "backbones")
+    assert "methods default to sd15" in backbones.stdout and "--backbone shapes" in backbones.stdout
+
+
 def test_run_calibrates_as_reports_do_and_says_why(shapes_root: Path, tmp_path: Path):
     args = ["--methods", "noise_blobs", "--data-root", str(shapes_root), "--no-progress"]
     reported = run_cli("run", *args, "--split", "testA", "--out", str(tmp_path / "a"), env=PLUGIN_ENV)
@@ -93,6 +108,10 @@ def test_show_lists_what_a_folder_holds(shapes_root: Path, tmp_path: Path):
     for methods in ("gt_box", "full_image"):
         assert run_cli("run", "--methods", methods, "--data-root", str(shapes_root), "--limit", "3",
                        "--out", str(out), "--no-progress").returncode == 0
+    # the second run of other methods adds to results.json, it does not replace it
+    merged = json.loads((out / "results.json").read_text())["results"]
+    assert {"gt_box", "full_image"} <= set(merged) and merged["gt_box"]["n"] == 3
+    assert len(list((out / "results").glob("*.json"))) == 2
     shown = run_cli("show", str(out))
     assert shown.returncode == 0, shown.stderr
     assert "2 runs" in shown.stdout and "gt_box" in shown.stdout and "full_image" in shown.stdout

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import json
 import os
 import signal
@@ -172,5 +173,8 @@ def test_results_break_down_by_kind_consistently(shapes_root, tmp_path):
     assert abs(weighted - gt_box["metrics"]["mIoU"]) < 1e-9
     # the console shows the same breakdown, in percent, in the one table printer's format
     table = result.stdout.split("Breakdown by kind: refshapes val\n", 1)[1].splitlines()
-    row = next(line.split() for line in table if line.startswith("gt_box"))
-    assert row[1::2] == [f"{100 * groups[k]['mIoU']:.2f}" for k in sorted(groups)]
+    line = next(line for line in table if line.startswith("gt_box"))
+    figures = re.findall(r"(-?\d+\.\d\d) \[", line)  # each figure is followed by its interval
+    assert figures[0::2] == [f"{100 * groups[k]['mIoU']:.2f}" for k in sorted(groups)]
+    low, high = groups["attribute"]["mIoU_low"], groups["attribute"]["mIoU_high"]
+    assert low <= groups["attribute"]["mIoU"] <= high and low < high

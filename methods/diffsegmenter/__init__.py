@@ -11,19 +11,26 @@ from __future__ import annotations
 from refbench import MethodSpec, hookimpl
 
 _MODEL = "methods.diffsegmenter.model"
+DIFFSEGMENTER_SOURCE = ('"Diffusion Model is Secretly a Training-free Open Vocabulary Semantic '
+                        'Segmenter", Wang J., Li X., Zhang J., et al., arXiv 2309.02773 '
+                        '(https://github.com/VCG-team/DiffSegmenter)')
+BINDING_SOURCE = ('"Attribute binding enhancement improvement for diffusion model based zero-shot '
+                  'image segmentation", Nanli Wu (Beihang University), write-up; on DiffSegmenter')
 
 
 @hookimpl
 def refbench_methods() -> list[MethodSpec]:
     return [
         MethodSpec("diffsegmenter", f"{_MODEL}:DiffSegmenter",
-                   "DiffSegmenter (Wang et al., arXiv 2309.02773), as its code computes it: "
-                   "training-free cross-attention of the read token, refined by self-attention"),
+                   "DiffSegmenter as its code computes it: training-free cross-attention of the "
+                   "read token, refined by self-attention", source=DIFFSEGMENTER_SOURCE),
         MethodSpec("diffsegmenter_ncr", f"{_MODEL}:DiffSegmenterNCR",
-                   "DiffSegmenter + noun-chunk replacement (Nanli Wu's attribute binding, eq. 3)"),
+                   "DiffSegmenter + noun-chunk replacement: the referent's noun chunk encoded "
+                   "alone and spliced into the prompt embedding", source=BINDING_SOURCE),
         MethodSpec("diffsegmenter_uea", f"{_MODEL}:DiffSegmenterUEA",
                    "DiffSegmenter + unconditioned-embedding averaging at the target token "
-                   "(Nanli Wu's attribute binding, eq. 4)"),
+                   "(ratio alpha)", source=BINDING_SOURCE),
         MethodSpec("diffsegmenter_ab", f"{_MODEL}:DiffSegmenterAB",
-                   "DiffSegmenter + both attribute-binding steps (Nanli Wu's eq. 5)"),
+                   "DiffSegmenter + both attribute-binding steps (replacement, then averaging)",
+                   source=BINDING_SOURCE),
     ]

@@ -99,7 +99,7 @@ class GroupingConfig(DiffSegmenterConfig):
 
 @dataclass(frozen=True)
 class BindingConfig(GroupingConfig):
-    alpha: float = 0.9  # eq. 4: weight of the conditioned embedding at the target token
+    alpha: float = 0.9  # conditioned embedding's weight at the target token (binding eq. 4)
 
     def validate(self) -> None:
         super().validate()

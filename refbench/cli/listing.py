@@ -46,6 +46,8 @@ def ls(args: argparse.Namespace) -> int:
         for name, spec in sorted(registry.items()):
             counts = _parameter_column(host, spec, args) if section == "methods" and args.params else ""
             print(f"  {name.ljust(width)}  [{spec.plugin}]  {counts}{spec.summary}")
+            if getattr(spec, "source", ""):
+                print(f"  {' ' * width}  source: {spec.source}")
         if section == "backbones":
             print("  (methods default to sd15, which needs Stable Diffusion 1.5 in the Hugging Face "
                   "cache; with nothing cached use --backbone shapes, the bundled model)")

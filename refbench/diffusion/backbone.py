@@ -9,13 +9,15 @@ not available locally gives a one-line error saying where refbench looked and wh
 
 from __future__ import annotations
 
+import copy
+import dataclasses
 import hashlib
 import json
 import os
+from collections import OrderedDict
 from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -241,7 +243,15 @@ def _build(source: _Source, device: str, dtype: str) -> Backbone:
     return load_pretrained(str(source.path), torch_device, torch_dtype)
 
 
-_build_shared = lru_cache(maxsize=2)(_build)
+def _private_copy(backbone: Backbone) -> Backbone:
+    """Own copies of the modules with weights; tokenizer and scheduler hold none, so are shared."""
+    return dataclasses.replace(backbone, unet=copy.deepcopy(backbone.unet),
+                               vae=copy.deepcopy(backbone.vae),
+                               text_encoder=copy.deepcopy(backbone.text_encoder))
+
+
+_SHARED: OrderedDict[tuple[_Source, str, str], Backbone] = OrderedDict()
+SHARED_BACKBONES = 2  # how many shared backbones a process keeps
 
 
 def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32", private: bool = False,
@@ -249,9 +259,19 @@ def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32", privat
     """A backbone by registered name (in ``host``), directory or hub id.
 
     Shared per process by default, because several methods (and every cell of a grid) use one
-    frozen backbone. Methods that change weights (training, LoRA) ask for a ``private`` copy.
+    frozen backbone. Methods that change weights (training, LoRA) ask for a ``private`` copy:
+    a deep copy of the shared one when it is loaded already (loading from disk again costs
+    seconds: a report of seven methods on one backbone spent 8 s on it), else a load of its own.
     """
     torch_device = resolve_device(device)
     resolve_dtype(dtype, torch_device)
-    source = _source(host, name)
-    return (_build if private else _build_shared)(source, str(torch_device), dtype)
+    key = (_source(host, name), str(torch_device), dtype)
+    if key in _SHARED:
+        _SHARED.move_to_end(key)
+        return _private_copy(_SHARED[key]) if private else _SHARED[key]
+    if private:
+        return _build(*key)
+    backbone = _SHARED[key] = _build(*key)
+    while len(_SHARED) > SHARED_BACKBONES:
+        _SHARED.popitem(last=False)
+    return backbone

@@ -3,8 +3,10 @@
 Encoding an image with the VAE and drawing its noise depend on the image, the backbone, the
 input size, the seed and how the latent is taken (the posterior's mean or a sample of it,
 scaled by the VAE's ``scaling_factor`` or not, the resize antialiased or not), not on a method's
-other parameters. A small process-wide LRU keyed by exactly those lets every cell of a grid (and
-every method on one backbone) reuse them. The noise, then the posterior sample's epsilon, are
+other parameters. A process-wide LRU keyed by exactly those lets every cell of a grid (and
+every method on one backbone) reuse them; it is bounded by bytes as well as entries, so it holds
+a whole leaderboard's splits on a small model (a few KB a latent: the methods of a report share
+them) and a few thousand latents of Stable Diffusion (128 KB each with the noise). The noise, then the posterior sample's epsilon, are
 drawn on the CPU from the sample's own seed, so both are the same on every device and for every
 batch size.
 """
@@ -23,8 +25,14 @@ import torch.nn.functional as F
 from refbench.diffusion.backbone import Backbone
 
 _CACHE: OrderedDict[tuple, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
-CACHE_SIZE = 512
+CACHE_SIZE = 8192  # entries
+CACHE_BYTES = 512 * 2**20
 stats = {"hits": 0, "misses": 0}
+_held = {"bytes": 0}
+
+
+def _nbytes(entry: tuple[torch.Tensor, torch.Tensor]) -> int:
+    return sum(t.element_size() * t.nelement() for t in entry)
 
 
 Posterior = Literal["mean", "sample"]
@@ -80,9 +88,12 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
             if posterior == "sample":
                 eps = torch.randn(dist.mean.shape[1:], generator=generator)
                 latent = latent + dist.std[row] * eps.to(latent.device, latent.dtype)
+            if keys[i] in _CACHE:  # the same image and seed twice in one batch
+                _held["bytes"] -= _nbytes(_CACHE[keys[i]])
             found[i] = _CACHE[keys[i]] = ((latent * scale).cpu(), noise)
-    while len(_CACHE) > CACHE_SIZE:
-        _CACHE.popitem(last=False)
+            _held["bytes"] += _nbytes(found[i])
+    while len(_CACHE) > CACHE_SIZE or (_held["bytes"] > CACHE_BYTES and len(_CACHE) > 1):
+        _held["bytes"] -= _nbytes(_CACHE.popitem(last=False)[1])
     stats["misses"] += len(missing)
     stats["hits"] += len(keys) - len(missing)
     latents = torch.stack([found[i][0] for i in range(len(keys))]).to(backbone.device, backbone.dtype)
@@ -92,4 +103,5 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
 
 def clear_cache() -> None:
     _CACHE.clear()
+    _held["bytes"] = 0
     stats.update(hits=0, misses=0)

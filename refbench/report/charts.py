@@ -1,4 +1,7 @@
-"""Inline SVG charts: a metric against a parameter with its confidence band (seed 003, fig. 7).
+"""Inline SVG charts: a metric against a parameter with its confidence band, as the
+attribute-binding write-up ("Attribute binding enhancement improvement for diffusion model based
+zero-shot image segmentation", Nanli Wu) plots its ratio alpha; and a run's threshold sweep with
+the threshold that was chosen.
 
 Hand-written SVG keeps the site self-contained (no plotting library, no script, no CDN) and
 crisp at any zoom. Every piece of text is escaped: labels come from specs and data.
@@ -29,6 +32,22 @@ class Point:
 class Series:
     name: str
     points: Sequence[Point]
+
+
+@dataclass(frozen=True)
+class Baseline:
+    """A horizontal reference line: a figure the curve is read against."""
+
+    y: float
+    label: str
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A vertical line at one of the x values (a chosen threshold, a default setting)."""
+
+    x: str
+    label: str
 
 
 def nice_ticks(low: float, high: float, count: int = 5) -> list[float]:
@@ -64,12 +83,15 @@ def _positions(labels: list[str]) -> tuple[dict[str, float], list[tuple[float, s
     return pos, [((t - lo) / (hi - lo), f"{t:g}") for t in ticks]
 
 
-def line_chart(series: Sequence[Series], x_label: str, y_label: str, title: str) -> Markup:
-    """An SVG line chart with a shaded band from each point's low to high."""
+def line_chart(series: Sequence[Series], x_label: str, y_label: str, title: str, *,
+               band_label: str | None = None, baselines: Sequence[Baseline] = (),
+               marks: Sequence[Mark] = ()) -> Markup:
+    """An SVG line chart with a shaded band from each point's low to high (named in the legend
+    by ``band_label``), dashed ``baselines`` across, and vertical ``marks``."""
     labels = list(dict.fromkeys(p.x for s in series for p in s.points))
     xs, x_ticks = _positions(labels)
     ys = [v for s in series for p in s.points for v in (p.y, p.low, p.high)
-          if v is not None and math.isfinite(v)]
+          if v is not None and math.isfinite(v)] + [b.y for b in baselines if math.isfinite(b.y)]
     y_ticks = nice_ticks(min(ys, default=0.0), max(ys, default=1.0))
     y_lo, y_hi = y_ticks[0], y_ticks[-1]
     plot_w = WIDTH - MARGIN["left"] - MARGIN["right"]
@@ -100,6 +122,19 @@ def line_chart(series: Sequence[Series], x_label: str, y_label: str, title: str)
     parts.append(f'<text transform="translate(16 {MARGIN["top"] + plot_h / 2:.1f}) rotate(-90)" '
                  f'text-anchor="middle" font-size="13">{escape(y_label)}</text>')
 
+    for mark in marks:
+        if mark.x not in xs:
+            continue
+        x = px(mark.x)
+        parts.append(f'<line class="mark" x1="{x:.1f}" x2="{x:.1f}" y1="{MARGIN["top"]}" y2="{base}" '
+                     f'stroke="#555" stroke-width="1.5"/>')
+        parts.append(f'<text x="{x + 4:.1f}" y="{MARGIN["top"] + plot_h - 6:.1f}" font-size="12" '
+                     f'fill="#333">{escape(mark.label)}</text>')
+    for baseline in baselines:
+        y = py(baseline.y)
+        parts.append(f'<line class="baseline" x1="{MARGIN["left"]}" x2="{WIDTH - MARGIN["right"]}" '
+                     f'y1="{y:.1f}" y2="{y:.1f}" stroke="#444" stroke-dasharray="6 4"/>')
+    legend: list[tuple[str, str]] = []  # (swatch svg, text)
     for i, s in enumerate(series):
         colour = PALETTE[i % len(PALETTE)]
         points = sorted(s.points, key=lambda p: xs[p.x])
@@ -117,10 +152,22 @@ def line_chart(series: Sequence[Series], x_label: str, y_label: str, title: str)
             tip = f"{s.name}: {x_label}={p.x}: {p.y:.2f}{band}"
             parts.append(f'<circle cx="{px(p.x):.1f}" cy="{py(p.y):.1f}" r="3.5" fill="{colour}">'
                          f"<title>{escape(tip)}</title></circle>")
-        if len(series) > 1:
-            y = MARGIN["top"] + 4 + 16 * i
-            x = WIDTH - MARGIN["right"] - 170
-            parts.append(f'<rect x="{x}" y="{y}" width="12" height="12" fill="{colour}"/>')
-            parts.append(f'<text x="{x + 18}" y="{y + 10}" font-size="12">{escape(s.name)}</text>')
+        if len(series) > 1 or band_label or baselines:
+            legend.append((f'<rect width="12" height="3" y="4.5" fill="{colour}"/>', s.name))
+    if band_label:
+        legend.append(('<rect width="12" height="12" fill="#888" fill-opacity="0.3"/>', band_label))
+    for baseline in baselines:
+        legend.append(('<line x1="0" x2="12" y1="6" y2="6" stroke="#444" stroke-dasharray="3 2"/>',
+                       f"{baseline.label}: {baseline.y:.2f}"))
+    width = max((len(text) for _, text in legend), default=0) * 6.6 + 30
+    x = WIDTH - MARGIN["right"] - width
+    if legend:
+        parts.append(f'<rect class="legend" x="{x - 4:.1f}" y="{MARGIN["top"]}" width="{width:.1f}" '
+                     f'height="{16 * len(legend) + 6}" fill="white" fill-opacity="0.85" stroke="#ddd"/>')
+    for i, (swatch, text) in enumerate(legend):
+        y = MARGIN["top"] + 4 + 16 * i
+        parts.append(f'<g transform="translate({x:.1f} {y})">{swatch}</g>')
+        parts.append(f'<text class="legend-text" x="{x + 18:.1f}" y="{y + 10}" font-size="12">'
+                     f"{escape(text)}</text>")
     parts.append("</svg>")
     return Markup("\n".join(parts))

@@ -30,7 +30,9 @@ def to_csv(table: Table) -> str:
 
 def to_markdown(table: Table) -> str:
     escape = lambda text: text.replace("|", "\\|")  # noqa: E731
-    body = [[escape(with_interval_text(c)) for c in row] for row in table.rows]
+    bold = lambda c: f"**{c.text}**" if c.best else c.text  # noqa: E731
+    body = [[escape(with_interval_text(Cell(bold(c), low=c.low, high=c.high))) for c in row]
+            for row in table.rows]
     return "\n".join([f"**{escape(table.title)}**", "", *aligned([table.columns, *body], markdown=True),
                       "", *table.notes]) + "\n"
 
@@ -49,6 +51,8 @@ def to_latex(table: Table) -> str:
     """A booktabs table; intervals in script size after their figure."""
     def cell(c: Cell) -> str:
         text = latex_escape(c.text)
+        if c.best:
+            text = f"\\textbf{{{text}}}"
         return text if c.low is None else f"{text} {{\\scriptsize[{latex_escape(c.low)}, {latex_escape(c.high or '')}]}}"
 
     spec = "l" + "r" * (len(table.columns) - 1)

@@ -1,5 +1,10 @@
 """The qualitative gallery: image, ground truth, and each method's mask and heat map, side by
-side, for chosen samples and for the samples where two methods differ most (seed 003, figs 2-8).
+side, for chosen samples and for the samples where two methods differ most (the kind of figure
+"Attribute binding enhancement improvement for diffusion model based zero-shot image
+segmentation" by Nanli Wu shows for its baseline and variants).
+
+Outlines and masks are drawn in colours picked per image from a fixed palette, the ones farthest
+from the image's own colours: a green outline on a green shape would be invisible.
 
 Score maps are not stored (they would dwarf the store), so score-map methods are rerun on just
 the gallery's samples, with the same per-sample seeds as the scored run; their masks are the
@@ -33,15 +38,41 @@ DISPLAY_SIDE = 320  # longest side of a gallery picture, in pixels
 # anchors of a perceptually ordered dark-to-bright colour map (after matplotlib's "inferno")
 _HEAT = np.array([[0, 0, 4], [40, 11, 84], [101, 21, 110], [159, 42, 99], [212, 72, 66],
                   [245, 125, 21], [250, 193, 39], [252, 255, 164]], dtype=np.float64)
-MASK_COLOUR = np.array([230, 40, 40], dtype=np.float64)
-TRUTH_COLOUR = np.array([40, 200, 80], dtype=np.float64)
+# candidate colours for outlines and masks, by the name a caption gives them
+PALETTE: dict[str, tuple[int, int, int]] = {
+    "white": (255, 255, 255), "black": (0, 0, 0), "yellow": (255, 230, 0), "cyan": (0, 230, 255),
+    "magenta": (255, 0, 200), "orange": (255, 140, 0), "blue": (30, 80, 255),
+    "lime": (120, 255, 0), "red": (230, 30, 30)}
+
+
+def heat_gradient() -> str:
+    """The heat map's colour scale as a CSS gradient, for the colour bar the pages show."""
+    stops = ", ".join(f"rgb({r:.0f},{g:.0f},{b:.0f}) {100 * i / (len(_HEAT) - 1):.0f}%"
+                      for i, (r, g, b) in enumerate(_HEAT))
+    return f"linear-gradient(to right, {stops})"
+
+
+def contrasting_colours(image: np.ndarray) -> tuple[str, str]:
+    """Two palette colours that stand out from ``image``: one for the ground-truth outline, one
+    for the masks, also apart from each other. A colour's distance from an image is that of the
+    nearest 1 % of its pixels, so even a small patch of the same colour already counts against it."""
+    pixels = image[::4, ::4].reshape(-1, 3).astype(np.float64)
+    colours = {name: np.array(rgb, dtype=np.float64) for name, rgb in PALETTE.items()}
+    away = {name: float(np.percentile(np.linalg.norm(pixels - c, axis=1), 1))
+            for name, c in colours.items()}
+    truth = max(colours, key=lambda name: (away[name], name))
+    mask = max((n for n in colours if n != truth),
+               key=lambda n: (min(away[n], float(np.linalg.norm(colours[n] - colours[truth]))), n))
+    return truth, mask
 
 
 @dataclass
 class Tile:
+    """One method's row of a sample: its mask and (for score-map methods) its heat map."""
+
     label: str
-    iou: float
-    threshold: str
+    iou: float  # a fraction; pages print it in percent
+    threshold: str  # the reported threshold as a label ("0.30"), or "mask" for mask outputs
     mask: str  # picture paths, relative to the site root
     heat: str | None
 
@@ -54,6 +85,8 @@ class GalleryRow:
     tiles: list[Tile]
     diff: float  # IoU of contrast[0] minus contrast[1]
     chosen: bool  # listed in the spec's include
+    truth_colour: str = "white"  # palette names, for the captions
+    mask_colour: str = "red"
 
 
 @dataclass
@@ -74,16 +107,35 @@ def heat_overlay(image: np.ndarray, scores: np.ndarray, opacity: float = 0.6) ->
     return ((1 - opacity) * image + opacity * heat_colours(scores)).astype(np.uint8)
 
 
-def mask_overlay(image: np.ndarray, mask: np.ndarray, colour: np.ndarray) -> np.ndarray:
-    """The mask filled translucently over a dimmed image, its outline drawn opaque."""
-    out = image.astype(np.float64) * 0.7
-    out[mask] = 0.45 * out[mask] / 0.7 + 0.55 * colour
+def _boundary(mask: np.ndarray, width: int) -> np.ndarray:
+    """Pixels of ``mask`` within ``width`` pixels of its edge."""
     inner = mask.copy()
-    for axis in (0, 1):
-        for shift in (-1, 1):
-            inner &= np.roll(mask, shift, axis)
-    out[mask & ~inner] = colour
-    return out.astype(np.uint8)
+    for _ in range(width):
+        padded = np.pad(inner, 1, constant_values=False)  # the image's edge counts as outside
+        inner = (inner & padded[:-2, 1:-1] & padded[2:, 1:-1]
+                 & padded[1:-1, :-2] & padded[1:-1, 2:])
+    return mask & ~inner
+
+
+def outline_overlay(image: np.ndarray, mask: np.ndarray, colour: str, width: int = 2) -> np.ndarray:
+    """The image with the mask's outline drawn opaque: the region itself stays visible."""
+    out = image.copy()
+    out[_boundary(mask, width)] = PALETTE[colour]
+    return out
+
+
+def mask_overlay(image: np.ndarray, mask: np.ndarray, colour: str,
+                 truth: np.ndarray | None = None, truth_colour: str | None = None) -> np.ndarray:
+    """The mask filled translucently over a dimmed image, its outline drawn opaque; with
+    ``truth``, the ground truth's outline on top, so a mask reads against its target."""
+    fill = np.array(PALETTE[colour], dtype=np.float64)
+    out = image.astype(np.float64) * 0.7
+    out[mask] = 0.45 * out[mask] / 0.7 + 0.55 * fill
+    out[_boundary(mask, 1)] = fill
+    out = out.astype(np.uint8)
+    if truth is not None and truth_colour is not None:
+        out[_boundary(truth, 1)] = PALETTE[truth_colour]
+    return out
 
 
 def choose_samples(report: SplitReport, entry: GalleryEntry) -> list[tuple[Sample, float, bool]]:
@@ -120,12 +172,15 @@ def build_gallery(host: PluginHost, spec: ReportSpec, report: SplitReport, store
     images = [load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in samples]
     rel = lambda name: f"img/{folder.name}/{name}"  # noqa: E731
     rows = []
-    for sample, image, (_, diff, included) in zip(samples, images, chosen):
+    truths = [decode(s.gt) for s in samples]
+    for sample, image, truth, (_, diff, included) in zip(samples, images, truths, chosen):
         stem = _file_stem(sample.sample_id)
+        truth_colour, mask_colour = contrasting_colours(image)
         _save(image, folder / f"{stem}-image.jpg")
-        _save(mask_overlay(image, decode(sample.gt), TRUTH_COLOUR), folder / f"{stem}-truth.jpg")
+        _save(outline_overlay(image, truth, truth_colour, width=max(2, image.shape[0] // 120)),
+              folder / f"{stem}-truth.jpg")
         rows.append(GalleryRow(sample, rel(f"{stem}-image.jpg"), rel(f"{stem}-truth.jpg"), [],
-                               diff, included))
+                               diff, included, truth_colour, mask_colour))
     notes = []
     for m, label in enumerate(entry.methods):
         scored = report.scored[label]
@@ -135,11 +190,12 @@ def build_gallery(host: PluginHost, spec: ReportSpec, report: SplitReport, store
         stored = {r.sample_id: r for r in store.rows(scored.run_key,
                                                      sample_ids=[s.sample_id for s in samples])}
         ious = dict(zip((r.sample_id for r in scored.rows.rows), scored.rows.ious(scored.k)))
-        for row, sample, image, output in zip(rows, samples, images, maps):
+        for row, sample, image, truth, output in zip(rows, samples, images, truths, maps):
             stem = f"{_file_stem(sample.sample_id)}-m{m}"
             cut = 0.5 if threshold.value is None else threshold.value
             score_map = _at_image(output, image.shape[:2])
-            _save(mask_overlay(image, score_map >= cut, MASK_COLOUR), folder / f"{stem}-mask.jpg")
+            _save(mask_overlay(image, score_map >= cut, row.mask_colour, truth, row.truth_colour),
+                  folder / f"{stem}-mask.jpg")
             heat = None
             if threshold.value is not None:
                 _save(heat_overlay(image, score_map), folder / f"{stem}-heat.jpg")

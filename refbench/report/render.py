@@ -17,9 +17,9 @@ from jinja2 import Environment, PackageLoader, StrictUndefined, select_autoescap
 from markupsafe import Markup
 
 from refbench.report.build import GridReport, Report, family_size, grid_table
-from refbench.report.charts import Point, Series, line_chart
+from refbench.report.charts import Baseline, Mark, Point, Series, line_chart
 from refbench.report.exports import write_exports
-from refbench.report.gallery import Gallery
+from refbench.report.gallery import Gallery, heat_gradient
 from refbench.results.tables import (Table, breakdown_table, comparison_table, reported_table, with_reported)
 
 TABLES_DIR = "tables"
@@ -42,8 +42,10 @@ def _exported(table: Table | None, site: Path) -> dict[str, Any] | None:
     return {"table": table, "exports": {fmt: f"{TABLES_DIR}/{name}" for fmt, name in files.items()}}
 
 
-def grid_chart(grid: GridReport) -> Markup:
-    """The grid's metric against its first parameter, one line per combination of the others."""
+def grid_chart(grid: GridReport, report: Report) -> Markup:
+    """The grid's metric against its first parameter, one line per combination of the others,
+    with its bootstrap band and, when the spec names one, the baseline method's figure on the
+    same split drawn across."""
     metric = grid.entry.grid.metric
     first, *others = grid.entry.grid.params
     series: dict[str, list[Point]] = {}
@@ -55,7 +57,15 @@ def grid_chart(grid: GridReport) -> Markup:
             values[first], 100 * value,
             100 * interval.low if interval else None, 100 * interval.high if interval else None))
     title = f"{metric} against {first}: {grid.entry.grid.method} on {grid.entry.dataset} {grid.entry.split}"
-    return line_chart([Series(n, p) for n, p in series.items()], first, f"{metric} (%)", title)
+    baselines = []
+    if grid.entry.baseline:
+        for split in report.splits:
+            if (split.dataset.name, split.split) == (grid.entry.dataset, grid.entry.split):
+                figure = split.scored[grid.entry.baseline].metrics[metric]
+                baselines.append(Baseline(100 * figure, grid.entry.baseline))
+    confidence = round(100 * report.spec.stats.confidence)
+    return line_chart([Series(n, p) for n, p in series.items()], first, f"{metric} (%)", title,
+                      band_label=f"shaded: {confidence}% bootstrap interval", baselines=baselines)
 
 
 def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Table]:
@@ -90,15 +100,17 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
                 spec.breakdown or "", list(split.breakdowns.items())), site),
         })
     grids = [{"title": g.entry.grid.name, "slug": g.slug, "dataset": g.entry.dataset,
-              "split": g.entry.split, "chart": grid_chart(g),
+              "split": g.entry.split, "chart": grid_chart(g, report),
               "table": _exported(grid_table(spec, g), site)} for g in report.grids]
     published = _exported(reported_table("reported", "Published figures", spec.reported),
                           site) if spec.reported else None
     common = {"report": report, "spec": spec, "limit": spec.limit, "root": "", "gallery": gallery}
     (site / "index.html").write_text(env.get_template("index.html").render(
-        **common, leaderboards=leaderboards, grids=grids, published=published), encoding="utf-8")
+        **common, leaderboards=leaderboards, grids=grids, published=published,
+        methods=_methods(report)), encoding="utf-8")
     if gallery is not None:
-        (site / "gallery.html").write_text(env.get_template("gallery.html").render(**common),
+        (site / "gallery.html").write_text(env.get_template("gallery.html").render(
+            **common, heat_gradient=heat_gradient()),
                                            encoding="utf-8")
     (site / RUNS_DIR).mkdir(exist_ok=True)
     for key, record in report.runs.items():
@@ -108,6 +120,30 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
     shown = [lb[part]["table"] for lb in leaderboards
              for part in ("leaderboard", "comparisons", "comparisons_by", "breakdown") if lb[part]]
     return shown + [g["table"]["table"] for g in grids]
+
+
+def sweep_chart(scored: Any, where: str) -> Markup | None:
+    """A score-map run's oIoU and mIoU at every threshold of the sweep, the reported threshold
+    marked: on a calibration split, the curve that chose it."""
+    if scored.rows.is_mask:
+        return None
+    sweep = scored.rows.sweep()
+    series = [Series(metric, [Point(f"{row['threshold']:.2f}", 100 * row[metric]) for row in sweep])
+              for metric in ("mIoU", "oIoU")]
+    chosen = scored.threshold.value
+    marks = [Mark(f"{chosen:.2f}", f"reported threshold {chosen:.2f}")] if chosen is not None else []
+    return line_chart(series, "threshold", "percent", f"threshold sweep: {where}", marks=marks)
+
+
+def _methods(report: Report) -> list[dict[str, Any]]:
+    """Each of the spec's methods as its runs describe it: name, kind, summary and source."""
+    out = []
+    for entry in report.spec.methods:
+        scored = next((s.scored[entry.label] for s in report.splits if entry.label in s.scored), None)
+        info = scored.record.info if scored is not None else {}
+        out.append({"label": entry.label, "name": entry.name, "training": info.get("training"),
+                    "summary": info.get("summary", ""), "source": info.get("source", "")})
+    return out
 
 
 def _uses(report: Report, run_key: str) -> list[dict[str, Any]]:
@@ -129,4 +165,6 @@ def _uses(report: Report, run_key: str) -> list[dict[str, Any]]:
                 label = ", ".join(f"{k}={v}" for k, v in values.items())
                 uses.append({"where": f"grid {grid.entry.grid.name} on {grid.entry.dataset} "
                                       f"{grid.entry.split}", "label": label, "scored": scored})
+    for use in uses:
+        use["chart"] = sweep_chart(use["scored"], f"{use['label']}, {use['where']}")
     return uses

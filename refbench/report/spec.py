@@ -48,6 +48,7 @@ class GridEntry:
     grid: GridSpec
     dataset: str
     split: str
+    baseline: str | None = None  # a method label whose figure the grid's chart draws across
 
 
 @dataclass(frozen=True)
@@ -268,8 +269,16 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
             raise did_you_mean(metric, METRIC_NAMES, f"metric in {g.where}")
         dataset = _find_dataset(datasets, g.get("dataset", str, datasets[0].name), g.where)
         fixed = _overrides(method, g.get("set", dict, {}), f"{g.where}.set")
-        grids.append(GridEntry(GridSpec(method, params, fixed, metric), dataset.name,
-                               g.get("split", str, dataset.splits[0])))
+        split = g.get("split", str, dataset.splits[0])
+        baseline = g.get("baseline", str)
+        if baseline is not None:
+            baseline = _find_method(methods, baseline, f"{g.where}.baseline").label
+            if split not in dataset.splits:
+                raise UserError(f"{g.where}.baseline: the grid's split {split!r} is not reported "
+                                f"for {dataset.name} ({', '.join(dataset.splits)}), so the "
+                                f"baseline has no figure there: drop baseline or report {split}")
+        grids.append(GridEntry(GridSpec(method, params, fixed, metric), dataset.name, split,
+                               baseline))
         g.done()
 
     gallery = None

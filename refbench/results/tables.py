@@ -9,6 +9,7 @@ extra CSV columns, a LaTeX script size, brackets in text).
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -27,6 +28,7 @@ class Cell:
     low: str | None = None  # interval bounds, formatted like ``text``
     high: str | None = None
     link: str | None = None  # relative to the site root
+    best: bool = False  # the column's best measured figure: pages show it bold
 
 
 @dataclass
@@ -95,24 +97,54 @@ def _metric_cells(scored: Scored) -> list[Cell]:
             else pct(scored.metrics[m.name]) for m in METRICS]
 
 
+def mark_best(table: Table, columns: Sequence[str]) -> Table:
+    """Mark the highest figure of each of ``columns`` (every tie), among the rows so far: rows
+    of published figures are added after, and never marked."""
+    for name in columns:
+        j = table.columns.index(name)
+        figures = [row[j].sort for row in table.rows if isinstance(row[j].sort, float | int)]
+        if len(set(figures)) < 2:  # one figure, or all equal: nothing stands out
+            continue
+        top = max(figures)
+        for row in table.rows:
+            if row[j].sort == top:
+                row[j] = dataclasses.replace(row[j], best=True)
+    return table
+
+
+def _backbone(scored: Scored) -> Cell:
+    backbone = scored.record.config.get("backbone")
+    return Cell(str(backbone), str(backbone)) if backbone else Cell("-", "")
+
+
+def _training(scored: Scored) -> Cell:
+    kind = scored.record.info.get("training") or "-"
+    return Cell(kind, kind)
+
+
 def leaderboard(slug: str, title: str, entries: Sequence[tuple[str, Scored]],
                 calibration_split: str | None, confidence: float) -> Table:
-    """A row per method (the attribute-binding write-up's tables 1-2): threshold, every metric
-    (intervals where the metric has them), n; semantic data adds the dataset-level mIoU."""
+    """A row per method (the attribute-binding write-up's tables 1-2): its backbone, whether it
+    was trained, threshold, every metric (intervals where the metric has them), n; semantic data
+    adds the dataset-level mIoU. The best figure of each metric is marked."""
     semantic = any(s.semantic is not None for _, s in entries)
-    columns = ["Method", "Threshold", *METRIC_COLUMNS, "n"]
+    columns = ["Method", "Backbone", "Training", "Threshold", *METRIC_COLUMNS, "n"]
+    first_metric = columns.index(METRIC_COLUMNS[0])
     if semantic:
-        columns.insert(2 + len(INTERVALLED), "semantic mIoU")
+        columns.insert(first_metric + len(INTERVALLED), "semantic mIoU")
     rows = []
     for label, s in entries:
-        row = [Cell(label, label, link=run_link(s.run_key)), _threshold_cell(s),
-               *_metric_cells(s), Cell(str(s.n), s.n)]
+        row = [Cell(label, label, link=run_link(s.run_key)), _backbone(s), _training(s),
+               _threshold_cell(s), *_metric_cells(s), Cell(str(s.n), s.n)]
         if semantic:
-            row.insert(2 + len(INTERVALLED), pct(s.figure(SEMANTIC_MIOU)))
+            row.insert(first_metric + len(INTERVALLED), pct(s.figure(SEMANTIC_MIOU)))
         rows.append(row)
     notes = [f"Metrics in percent; {', '.join(INTERVALLED)} with {confidence:.0%} bootstrap "
-             f"intervals (images resampled)."] + _threshold_notes([s for _, s in entries], calibration_split)
-    return Table(slug, title, columns, rows, notes)
+             f"intervals (images resampled); the best measured figure of each column in bold. "
+             f"Training: trained (a checkpoint fitted on the data's train split) or "
+             f"training-free."] + _threshold_notes([s for _, s in entries], calibration_split)
+    figures = [*METRIC_COLUMNS, *(["semantic mIoU"] if semantic else [])]
+    return mark_best(Table(slug, title, columns, rows, notes), figures)
 
 
 def breakdown_table(slug: str, title: str, field_name: str,
@@ -122,11 +154,23 @@ def breakdown_table(slug: str, title: str, field_name: str,
     if not groups:
         return None
     sizes = {g: next(per[g]["n"] for _, per in entries if g in per) for g in groups}
-    columns = ["Method", *(f"{g} {metric} (n={sizes[g]})" for g in groups for metric in ("mIoU", "oIoU"))]
-    rows = [[Cell(label, label), *(pct(per.get(g, {}).get(metric)) for g in groups
+    columns = ["Method", *(f"{g} {metric} (n={sizes[g]:.0f})" for g in groups
+                           for metric in ("mIoU", "oIoU"))]
+    rows = [[Cell(label, label), *(_group_cell(per.get(g, {}), metric) for g in groups
                                    for metric in ("mIoU", "oIoU"))] for label, per in entries]
-    return Table(slug, title, columns, rows, [f"Metrics per value of the sample field "
-                                              f"'{field_name}', at each method's threshold."])
+    table = Table(slug, title, columns, rows, [
+        f"Metrics in percent per value of the sample field '{field_name}', at each method's "
+        f"threshold, with bootstrap intervals over the group's images; the best of each column "
+        f"in bold."])
+    return mark_best(table, columns[1:])
+
+
+def _group_cell(group: dict[str, float], metric: str) -> Cell:
+    cell = pct(group.get(metric))
+    low, high = group.get(f"{metric}_low"), group.get(f"{metric}_high")
+    if low is None or high is None or math.isnan(low):
+        return cell
+    return Cell(cell.text, cell.sort, f"{100 * low:.2f}", f"{100 * high:.2f}")
 
 
 def comparison_table(slug: str, title: str, pairs: Sequence[tuple[str, str, PairedResult]],
@@ -172,8 +216,9 @@ def ablation_table(slug: str, title: str, params: Sequence[str],
         shown = [Cell(v, _number_or_text(v), link=link) for v in values.values()]
         rows.append([*shown, _threshold_cell(scored), *_metric_cells(scored)])
     notes = [f"One run per row; {', '.join(INTERVALLED)} in percent with {confidence:.0%} "
-             f"bootstrap intervals."] + _threshold_notes([s for _, s in cells], calibration_split)
-    return Table(slug, title, columns, rows, notes)
+             f"bootstrap intervals; the best of each column in bold."] + _threshold_notes(
+                 [s for _, s in cells], calibration_split)
+    return mark_best(Table(slug, title, columns, rows, notes), METRIC_COLUMNS)
 
 
 def _number_or_text(value: str) -> float | str:
@@ -222,6 +267,8 @@ def with_reported(table: Table, entries: Sequence[Reported]) -> Table:
             elif column == "Threshold":
                 row.append(Cell("reported" if entry.threshold is None
                                 else f"{entry.threshold:.2f} (reported)", -2.0))
+            elif column == "Backbone":
+                row.append(Cell(entry.backbone, entry.backbone))
             elif metric in entry.metrics:
                 row.append(Cell(f"{entry.metrics[metric]:.2f}", entry.metrics[metric]))
             else:
