@@ -90,6 +90,7 @@ def test_a_plugin_module_in_the_working_directory_is_found(shapes_root: Path, tm
     assert result.returncode == 0, result.stderr
 
 
+@pytest.mark.slow
 def test_missing_checkpoint_or_backbone_names_the_command_that_runs(shapes_root: Path, tmp_path: Path):
     typed = ["run", "--methods", "diffsegmenter_ab,vpd", "--data-root", str(shapes_root), "--limit", "2",
              "--out", str(tmp_path / "o"), "--no-progress"]

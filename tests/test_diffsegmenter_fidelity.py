@@ -48,6 +48,7 @@ def _samples(shapes_root: Path) -> list:
     return semantic.samples("val")[:6] + referring[:6]
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backbone", ["tiny", "shapes"])
 def test_score_maps_equal_the_original_computation(shapes_root: Path, backbone: str):
     samples = _samples(shapes_root)

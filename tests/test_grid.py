@@ -190,6 +190,8 @@ def test_grids_from_a_spec(shapes_root: Path, tmp_path: Path):
     assert lines[0] == "gt_box: grow on refshapes testB"
     rows = [l.split() for l in lines if l.startswith(("0.0 ", "0.3 "))]
     assert [r[:2] for r in rows] == [["0.0", "mask"], ["0.3", "mask"]]
-    assert float(rows[0][5]) > float(rows[1][5])  # mIoU (after oIoU and its interval): looser is worse
+    # mIoU (after oIoU and its interval): looser is worse, and the better one is marked best
+    assert rows[0][5].endswith("*") and not rows[1][5].endswith("*")
+    assert float(rows[0][5].rstrip("*")) > float(rows[1][5])
     assert (tmp_path / "store" / "store.sqlite").is_file()
     assert_user_error(run_cli("grid", str(spec), "--method", "gt_box", env=PLUGINS), "not both")

@@ -88,6 +88,7 @@ _OVERFLOW = """(() => {
     return [page.scrollWidth, view, boxes.filter(([_, right]) => right > view)]; })()"""
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("width", [1280, 1920])
 def test_pages_fit_the_window_and_read_at_a_glance(browser: Browser, report_site: Path, width: int):
     browser.set_width(width)
@@ -130,6 +131,7 @@ def test_pages_fit_the_window_and_read_at_a_glance(browser: Browser, report_site
     browser.screenshot(ARTIFACTS / f"report-gallery-{width}.png")
 
 
+@pytest.mark.slow
 def test_a_calibration_run_page_shows_the_curve_that_chose_the_threshold(browser: Browser,
                                                                           report_site: Path):
     browser.set_width(1280)

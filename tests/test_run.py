@@ -174,7 +174,7 @@ def test_results_break_down_by_kind_consistently(shapes_root, tmp_path):
     # the console shows the same breakdown, in percent, in the one table printer's format
     table = result.stdout.split("Breakdown by kind: refshapes val\n", 1)[1].splitlines()
     line = next(line for line in table if line.startswith("gt_box"))
-    figures = re.findall(r"(-?\d+\.\d\d) \[", line)  # each figure is followed by its interval
+    figures = re.findall(r"(-?\d+\.\d\d)\*? \[", line)  # each figure is followed by its interval
     assert figures[0::2] == [f"{100 * groups[k]['mIoU']:.2f}" for k in sorted(groups)]
     low, high = groups["attribute"]["mIoU_low"], groups["attribute"]["mIoU_high"]
     assert low <= groups["attribute"]["mIoU"] <= high and low < high

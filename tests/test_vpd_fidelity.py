@@ -72,6 +72,7 @@ def test_a_released_format_checkpoint_reproduces_vpds_network(reference, vpd_pth
     assert method.weights_fingerprint() != VPD.network(VPDConfig(backbone="tiny", device="cpu"), HOST).backbone.fingerprint
 
 
+@pytest.mark.slow
 def test_the_command_line_evaluates_a_released_checkpoint(vpd_pth, shapes_root: Path, tmp_path: Path):
     backbone_dir = load_backbone("tiny", "cpu", host=HOST).save(tmp_path / "tiny-dir")
     result = run_cli("run", "--methods", "vpd", "--set", f"vpd.checkpoint={vpd_pth}", "--set",
@@ -117,6 +118,7 @@ def test_a_wrong_token_length_without_args_names_the_decoder(reference, tmp_path
                       checkpoint=str(path)), host=HOST)
 
 
+@pytest.mark.slow
 def test_a_pickle_with_code_is_refused_without_running_it(tmp_path: Path, shapes_root: Path):
     path = tmp_path / "evil.pth"
     torch.save({"model": {}, "args": Path("/")}, path)  # a global that is not VPD's Namespace

@@ -159,15 +159,15 @@ def line_chart(series: Sequence[Series], x_label: str, y_label: str, title: str,
     for baseline in baselines:
         legend.append(('<line x1="0" x2="12" y1="6" y2="6" stroke="#444" stroke-dasharray="3 2"/>',
                        f"{baseline.label}: {baseline.y:.2f}"))
-    width = max((len(text) for _, text in legend), default=0) * 6.6 + 30
-    x = WIDTH - MARGIN["right"] - width
-    if legend:
-        parts.append(f'<rect class="legend" x="{x - 4:.1f}" y="{MARGIN["top"]}" width="{width:.1f}" '
-                     f'height="{16 * len(legend) + 6}" fill="white" fill-opacity="0.85" stroke="#ddd"/>')
+    # the legend goes under the axis, one entry a line, so it never hides a curve or a baseline
     for i, (swatch, text) in enumerate(legend):
-        y = MARGIN["top"] + 4 + 16 * i
-        parts.append(f'<g transform="translate({x:.1f} {y})">{swatch}</g>')
-        parts.append(f'<text class="legend-text" x="{x + 18:.1f}" y="{y + 10}" font-size="12">'
-                     f"{escape(text)}</text>")
+        y = HEIGHT + 16 * i
+        parts.append(f'<g transform="translate({MARGIN["left"]} {y})">{swatch}</g>')
+        parts.append(f'<text class="legend-text" x="{MARGIN["left"] + 18}" y="{y + 10}" '
+                     f'font-size="12">{escape(text)}</text>')
+    height = HEIGHT + (16 * len(legend) + 8 if legend else 0)
+    parts[0] = (f'<svg xmlns="http://www.w3.org/2000/svg" class="chart" viewBox="0 0 {WIDTH} {height}" '
+                f'width="{WIDTH}" height="{height}" role="img" aria-label="{escape(title)}">')
+    parts[2] = f'<rect x="0" y="0" width="{WIDTH}" height="{height}" fill="white"/>'
     parts.append("</svg>")
     return Markup("\n".join(parts))

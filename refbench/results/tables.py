@@ -97,6 +97,9 @@ def _metric_cells(scored: Scored) -> list[Cell]:
             else pct(scored.metrics[m.name]) for m in METRICS]
 
 
+BEST = "in bold (marked * in text)"
+
+
 def mark_best(table: Table, columns: Sequence[str]) -> Table:
     """Mark the highest figure of each of ``columns`` (every tie), among the rows so far: rows
     of published figures are added after, and never marked."""
@@ -140,7 +143,7 @@ def leaderboard(slug: str, title: str, entries: Sequence[tuple[str, Scored]],
             row.insert(first_metric + len(INTERVALLED), pct(s.figure(SEMANTIC_MIOU)))
         rows.append(row)
     notes = [f"Metrics in percent; {', '.join(INTERVALLED)} with {confidence:.0%} bootstrap "
-             f"intervals (images resampled); the best measured figure of each column in bold. "
+             f"intervals (images resampled); the best measured figure of each column {BEST}. "
              f"Training: trained (a checkpoint fitted on the data's train split) or "
              f"training-free."] + _threshold_notes([s for _, s in entries], calibration_split)
     figures = [*METRIC_COLUMNS, *(["semantic mIoU"] if semantic else [])]
@@ -161,7 +164,7 @@ def breakdown_table(slug: str, title: str, field_name: str,
     table = Table(slug, title, columns, rows, [
         f"Metrics in percent per value of the sample field '{field_name}', at each method's "
         f"threshold, with bootstrap intervals over the group's images; the best of each column "
-        f"in bold."])
+        f"{BEST}."])
     return mark_best(table, columns[1:])
 
 
@@ -216,7 +219,7 @@ def ablation_table(slug: str, title: str, params: Sequence[str],
         shown = [Cell(v, _number_or_text(v), link=link) for v in values.values()]
         rows.append([*shown, _threshold_cell(scored), *_metric_cells(scored)])
     notes = [f"One run per row; {', '.join(INTERVALLED)} in percent with {confidence:.0%} "
-             f"bootstrap intervals; the best of each column in bold."] + _threshold_notes(
+             f"bootstrap intervals; the best of each column {BEST}."] + _threshold_notes(
                  [s for _, s in cells], calibration_split)
     return mark_best(Table(slug, title, columns, rows, notes), METRIC_COLUMNS)
 
@@ -234,7 +237,8 @@ def with_interval_text(cell: Cell, sep: str = " ") -> str:
 
 
 def to_text(table: Table) -> str:
-    body = [[with_interval_text(c) for c in row] for row in table.rows]
+    body = [[with_interval_text(dataclasses.replace(c, text=c.text + "*") if c.best else c)
+             for c in row] for row in table.rows]
     return "\n".join([table.title, *aligned([table.columns, *body], markdown=False), *table.notes])
 
 
