@@ -51,34 +51,24 @@ def run(args: argparse.Namespace) -> int:
                 print(to_text(table) + "\n")
         return 0
 
-    from refbench import distributed
-    from refbench.cli.run import calibration
-    from refbench.core import check_evaluation, run_evaluation
+    from refbench.cli.run import evaluate_into_folder
     from refbench.grid import GridRun, GridSpec, check_grid, expand, grid_payload, params_from
     from refbench.results.files import write_json
     from refbench.results.stats import StatsOptions
     from refbench.results.tables import ablation_table
-    from refbench.store import Store
 
     if not args.method:
         raise UserError("pass --method NAME with one or more --param NAME=V1,V2 (or a spec file)")
     grid = GridSpec(args.method, params_from(args.params), common.overrides(args))
     cells = check_grid(host, grid)
-    source = common.dataset_source(args)
-    calibration_, note = calibration(args)
-    settings = common.settings(args)
-    check_evaluation(host, source, [args.split], calibration_, settings)
-    out = common.run_folder(args.out or Path("runs") / f"{args.dataset}-{args.split}")
-    cluster = distributed.detect()
-    with Store(out / "store.sqlite") as store:
-        results = run_evaluation(host, cells, source, [args.split], store=store, settings=settings,
-                                 calibration=calibration_, statistics=StatsOptions(args.resamples),
-                                 together=True, cluster=cluster, generate=True)
-    if not cluster.is_main:
+    results, out, main, note = evaluate_into_folder(host, args, cells, StatsOptions(args.resamples),
+                                                    together=True)
+    if not main:
         return 0
     result = GridRun(grid, results, expand(grid))
     table = ablation_table(f"grid-{args.method}", f"{grid.name} on {args.dataset} {args.split}",
-                           list(grid.params), result.cells, calibration_.split, 0.95)
+                           list(grid.params), result.cells, results.calibration.split,
+                           results.statistics.confidence)
     header = {k: v for k, v in results.as_dict().items() if k != "results"}
     path = out / f"grid-{args.method}.json"
     write_json(path, {**header, "grid": grid_payload(result)})

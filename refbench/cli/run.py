@@ -55,17 +55,16 @@ def calibration(args: argparse.Namespace) -> tuple[Any, str | None]:
     return Calibration(split, args.criterion, args.tune_on_reported_split, args.threshold), note
 
 
-def run(args: argparse.Namespace) -> int:
+def evaluate_into_folder(host: Any, args: argparse.Namespace, candidates: Any,
+                         statistics: Any = None, **options: Any) -> tuple[Any, Path, bool, str | None]:
+    """What ``run`` and ``grid`` share: check everything, then evaluate ``candidates`` on
+    ``--dataset``/``--split`` into the ``--out`` folder's store. Returns the results, the folder,
+    whether this process is the main one (only it reports), and the calibration note."""
     from refbench import distributed
-    from refbench.candidates import resolve_methods
     from refbench.core import check_evaluation, run_evaluation
-    from refbench.results.files import write_results
     from refbench.results.stats import StatsOptions
-    from refbench.results.tables import to_text
     from refbench.store import Store
 
-    host = common.host(args)
-    candidates = resolve_methods(host, common.method_list(args.methods), common.overrides(args))
     source = common.dataset_source(args)
     calibration_, note = calibration(args)
     settings = common.settings(args)
@@ -75,9 +74,20 @@ def run(args: argparse.Namespace) -> int:
     with Store(out / "store.sqlite") as store:
         results = run_evaluation(host, candidates, source, [args.split], store=store,
                                  settings=settings, calibration=calibration_,
-                                 statistics=StatsOptions(), breakdown="kind", cluster=cluster,
-                                 generate=True)
-    if not cluster.is_main:
+                                 statistics=statistics or StatsOptions(), cluster=cluster,
+                                 generate=True, **options)
+    return results, out, cluster.is_main, note
+
+
+def run(args: argparse.Namespace) -> int:
+    from refbench.candidates import resolve_methods
+    from refbench.results.files import write_results
+    from refbench.results.tables import to_text
+
+    host = common.host(args)
+    candidates = resolve_methods(host, common.method_list(args.methods), common.overrides(args))
+    results, out, main, note = evaluate_into_folder(host, args, candidates, breakdown="kind")
+    if not main:
         return 0
     path = write_results(out, results.as_dict())
     print(to_text(results.table()))

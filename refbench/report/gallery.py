@@ -31,7 +31,7 @@ from refbench.plugins import PluginHost
 from refbench.report.build import SplitReport
 from refbench.report.spec import GalleryEntry, ReportSpec
 from refbench.method import Prediction
-from refbench.results.scoring import score_batch
+from refbench.results.scoring import resize_map, score_batch
 from refbench.store import Store
 
 DISPLAY_SIDE = 320  # longest side of a gallery picture, in pixels
@@ -214,14 +214,7 @@ def build_gallery(host: PluginHost, spec: ReportSpec, report: SplitReport, store
 def _at_image(output: np.ndarray, shape: tuple[int, int]) -> np.ndarray:
     """A method's output (or a stored mask) at the image's size, for display: the protocol may
     have scored it on a square."""
-    if output.shape == shape:
-        return output.astype(np.float32)
-    import torch
-    import torch.nn.functional as F
-
-    x = torch.from_numpy(np.ascontiguousarray(output, dtype=np.float32))[None, None]
-    mode = {"mode": "nearest-exact"} if output.dtype == bool else {"mode": "bilinear", "align_corners": False}
-    return F.interpolate(x, size=shape, **mode)[0, 0].numpy()
+    return resize_map(output, shape, nearest=output.dtype == bool).astype(np.float32)
 
 
 def _file_stem(sample_id: str) -> str:

@@ -20,6 +20,7 @@ from refbench.report.build import GridReport, Report, family_size, grid_table
 from refbench.report.charts import Baseline, Mark, Point, Series, line_chart
 from refbench.report.exports import write_exports
 from refbench.report.gallery import Gallery, heat_gradient
+from refbench.results.scored import Scored
 from refbench.results.tables import (Table, breakdown_table, comparison_table, reported_table, with_reported)
 
 TABLES_DIR = "tables"
@@ -122,7 +123,7 @@ def render_site(report: Report, gallery: Gallery | None, site: Path) -> list[Tab
     return shown + [g["table"]["table"] for g in grids]
 
 
-def sweep_chart(scored: Any, where: str) -> Markup | None:
+def sweep_chart(scored: Scored, where: str) -> Markup | None:
     """A score-map run's oIoU and mIoU at every threshold of the sweep, the reported threshold
     marked: on a calibration split, the curve that chose it."""
     if scored.rows.is_mask:

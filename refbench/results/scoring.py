@@ -64,17 +64,22 @@ class Protocol:
 
     def squash(self, array: np.ndarray, nearest: bool) -> np.ndarray:
         """An H x W map at ``size`` x ``size``: nearest (PIL's rule) or bilinear."""
-        import torch
-        import torch.nn.functional as F
+        return resize_map(array, (self.size, self.size), nearest)
 
-        if array.shape == (self.size, self.size):
-            return array
-        x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
-        if nearest:
-            out = F.interpolate(x, size=(self.size, self.size), mode="nearest-exact")
-            return out[0, 0].numpy() > 0.5
-        out = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        return out[0, 0].numpy().clip(0, 1)
+
+def resize_map(array: np.ndarray, shape: tuple[int, int], nearest: bool) -> np.ndarray:
+    """A mask (``nearest``, PIL's rule: a bool mask back) or a score map (bilinear, kept in
+    [0, 1]) at ``shape``: where the VPD protocol squashes, and where pages show a map scored on
+    a square at its image's size."""
+    import torch
+    import torch.nn.functional as F
+
+    if array.shape == shape:
+        return array
+    x = torch.from_numpy(np.ascontiguousarray(array, dtype=np.float32))[None, None]
+    if nearest:
+        return F.interpolate(x, size=shape, mode="nearest-exact")[0, 0].numpy() > 0.5
+    return F.interpolate(x, size=shape, mode="bilinear", align_corners=False)[0, 0].numpy().clip(0, 1)
 
 
 DEFAULT_PROTOCOL = Protocol()
