@@ -47,9 +47,27 @@ def load(path: Path | str) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
         tensors = load_file(str(path))
     except (SafetensorError, OSError, ValueError) as error:
         raise UserError(f"checkpoint {path} is not a readable safetensors file ({error})") from None
-    meta_path = path.with_suffix(".json")
-    meta = json.loads(meta_path.read_text()) if meta_path.is_file() else {}
-    return tensors, meta
+    return tensors, read_sidecar(path.with_suffix(".json"))
+
+
+def read_sidecar(meta_path: Path) -> dict[str, Any]:
+    """The checkpoint's JSON sidecar (what it was trained for, with which config), checked: a
+    JSON object whose ``method`` and ``backbone`` are text and whose ``config`` is an object."""
+    if not meta_path.is_file():
+        return {}
+    fix = "restore it from where the checkpoint came from, or delete it to load the tensors alone"
+    try:
+        meta = json.loads(meta_path.read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as error:
+        raise UserError(f"checkpoint sidecar {meta_path} is not valid JSON ({error}): {fix}") from None
+    if not isinstance(meta, dict):
+        raise UserError(f"checkpoint sidecar {meta_path} holds a JSON {type(meta).__name__}, not "
+                        f"an object: {fix}")
+    for key, kind in (("method", str), ("backbone", str), ("config", dict)):
+        if key in meta and meta[key] is not None and not isinstance(meta[key], kind):
+            raise UserError(f"checkpoint sidecar {meta_path}: {key} is {meta[key]!r}, not "
+                            f"{'text' if kind is str else 'an object'}: {fix}")
+    return meta
 
 
 def checkpoint_hash(path: Path | str) -> str:

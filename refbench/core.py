@@ -33,7 +33,8 @@ import numpy as np
 from refbench import distributed, provenance
 from refbench.candidates import Candidate, resolve_methods
 from refbench.config import overrides_from
-from refbench.data.images import check_images_exist, load_rgb
+from refbench.data.checks import check_headers, check_unique_ids, refuse_empty, split_empty
+from refbench.data.images import DEFAULT_MAX_PIXELS, check_images_exist, load_rgb
 from refbench.data.sample import Dataset, Sample, first_samples, group_batches
 from refbench.data.source import DataSource, check_source, generate_missing, open_dataset
 from refbench.errors import UserError
@@ -63,17 +64,24 @@ class Settings:
     sweep_step: float = 0.05
     progress: bool = False
     protocol: Protocol = DEFAULT_PROTOCOL  # where IoU is taken (a different protocol: other rows)
+    skip_empty_gt: bool = False  # leave out samples whose ground truth is empty (counted)
+    max_image_pixels: int = DEFAULT_MAX_PIXELS  # the decompression-bomb guard
 
     def check(self) -> None:
         for name in ("seed", "batch_size"):
             if not isinstance(getattr(self, name), int) or isinstance(getattr(self, name), bool):
                 raise UserError(f"{name} must be an integer, got {getattr(self, name)!r}")
+        if not 0 <= self.seed <= MAX_LIMIT:
+            raise UserError(f"the seed must be a whole number from 0 to {MAX_LIMIT}, got {self.seed}")
         if self.batch_size < 1:
             raise UserError(f"batch size must be at least 1, got {self.batch_size}")
         if self.limit is not None and (not isinstance(self.limit, int) or not 1 <= self.limit <= MAX_LIMIT):
             raise UserError(f"limit must be a whole number from 1 to {MAX_LIMIT}, got {self.limit!r}")
         if not isinstance(self.sweep_step, (int, float)) or not 0 < self.sweep_step < 1:
             raise UserError(f"the sweep step must be between 0 and 1, got {self.sweep_step!r}")
+        if not isinstance(self.max_image_pixels, int) or self.max_image_pixels < 1:
+            raise UserError(f"the image pixel limit must be a positive whole number, got "
+                            f"{self.max_image_pixels!r}")
 
     @property
     def thresholds(self) -> tuple[float, ...]:
@@ -91,6 +99,7 @@ class SplitPlan:
     fingerprint: str
     thresholds: tuple[float, ...]
     label: str = ""  # the data set as the user named it (a spec's dataset), for progress lines
+    skipped_empty: int = 0  # samples left out for an empty ground truth (--skip-empty-gt)
 
     @property
     def semantic(self) -> bool:
@@ -98,18 +107,28 @@ class SplitPlan:
 
     def info(self) -> SplitInfo:
         return SplitInfo(self.dataset.name, self.split, self.dataset.task, str(self.root),
-                         self.fingerprint, len(self.samples))
+                         self.fingerprint, len(self.samples), self.skipped_empty)
 
 
 def plan_split(dataset: Dataset, root: Path, split: str, settings: Settings,
                label: str = "") -> SplitPlan:
-    """List the split's samples, failing early on missing images."""
-    samples = first_samples(dataset.samples(split), settings.limit)
+    """List the split's samples and check what can be checked before computing: ids unique,
+    ground truths not empty (or left out and counted, if asked), images present, their headers
+    matching the annotations."""
+    where = f"{label or dataset.name}/{split}"
+    samples = dataset.samples(split)
+    check_unique_ids(samples, where)
+    samples, empty = split_empty(samples)
+    if not settings.skip_empty_gt:
+        refuse_empty(empty, where)
+    samples = first_samples(samples, settings.limit)
     if not samples:
-        raise UserError(f"split {split!r} of {dataset.name} has no samples")
+        raise UserError(f"split {split!r} of {dataset.name} has no samples"
+                        + (f" with a ground truth ({len(empty)} empty ones left out)" if empty else ""))
     check_images_exist([s.image_path for s in samples])
+    check_headers(samples, settings.max_image_pixels)
     return SplitPlan(dataset, root, split, samples, dataset.fingerprint(split), settings.thresholds,
-                     label or dataset.name)
+                     label or dataset.name, len(empty))
 
 
 @dataclass
@@ -300,7 +319,8 @@ def _compute(jobs: list[_Job], picks: list[tuple[int, list[Sample]]], plan: Spli
              settings: Settings, owner: str | None, progress: JobProgress) -> None:
     """Load a batch's images once, then let each job predict its part, score it, write it."""
     needed = list({s.sample_id: s for _, sub in picks for s in sub}.values())
-    images = {s.sample_id: load_rgb(s.image_path, (s.height, s.width), s.sample_id) for s in needed}
+    images = {s.sample_id: load_rgb(s.image_path, (s.height, s.width), s.sample_id,
+                                    settings.max_image_pixels) for s in needed}
     for j, sub in picks:
         sub = [s for s in sub if s.sample_id in jobs[j].pending]
         if not sub:
@@ -370,6 +390,7 @@ def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: Da
     """Evaluate ``candidates`` on the reported ``splits`` (and the calibration split) of one
     data set, computing what ``store`` lacks, and score them."""
     check_evaluation(host, source, splits, calibration, settings)
+    statistics.check()
     cluster = cluster or distributed.detect()
     if cluster.distributed and store.temporary:
         raise UserError("several processes evaluate into one store: pass store= a path on a "
@@ -453,7 +474,8 @@ def evaluate(methods: str | Sequence[str | Any], dataset: str, split: str | Sequ
              tune_on_reported_split: bool = False, sweep_step: float = 0.05,
              breakdown: str | None = "kind", statistics: StatsOptions | None = None,
              together: bool = False, host: PluginHost | None = None, progress: bool = False,
-             generate: bool = False, protocol: str = "image", protocol_size: int = 512) -> Results:
+             generate: bool = False, protocol: str = "image", protocol_size: int = 512,
+             skip_empty_gt: bool = False, max_image_pixels: int = DEFAULT_MAX_PIXELS) -> Results:
     """Evaluate methods on a data set split and return the figures.
 
     ``methods``: registered names (``"gt_box"``, or ``"gt_box,full_image"``) or objects with a
@@ -465,6 +487,8 @@ def evaluate(methods: str | Sequence[str | Any], dataset: str, split: str | Sequ
     write to; by default a temporary one, deleted afterwards. ``generate`` writes a missing
     synthetic data set (RefShapes) to its root first. ``protocol="vpd"`` scores as VPD's test.py
     does (everything squashed to ``protocol_size``; both empty counts as IoU 0).
+    ``skip_empty_gt`` leaves out samples whose ground truth is empty (counted in the results'
+    splits) instead of refusing them; ``max_image_pixels`` is the decompression-bomb guard.
 
     Prints nothing (unless ``progress``) and writes nothing but the store it is given. Every
     name, key and value is checked before the data set is opened or any model is loaded.
@@ -476,7 +500,8 @@ def evaluate(methods: str | Sequence[str | Any], dataset: str, split: str | Sequ
     if not isinstance(calibration, Calibration):
         calibration = Calibration(calibration, criterion, tune_on_reported_split, threshold)
     splits = [split] if isinstance(split, str) else list(split)
-    settings = Settings(seed, limit, batch_size, sweep_step, progress, Protocol(protocol, protocol_size))
+    settings = Settings(seed, limit, batch_size, sweep_step, progress, Protocol(protocol, protocol_size),
+                        skip_empty_gt, max_image_pixels)
     check_evaluation(host, source, splits, calibration, settings)
     with open_store(store) as opened:
         return run_evaluation(host, candidates, source, splits, store=opened, settings=settings,

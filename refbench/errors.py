@@ -30,3 +30,8 @@ def did_you_mean(name: str, known: Iterable[str], what: str) -> UserError:
     hint = f"; did you mean {' or '.join(repr(c) for c in close)}?" if close else ""
     listing = ", ".join(known) if known else "(none installed)"
     return UserError(f"unknown {what} {name!r}{hint} (known: {listing})")
+
+
+def one_line(error: BaseException, width: int = 200) -> str:
+    """A library's message on one line (some span several), cut to ``width`` characters."""
+    return " ".join(str(error).split())[:width]

@@ -15,14 +15,16 @@ next one.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
+import shutil
 import socket
 import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Collection, Iterable, Iterator
+from collections.abc import Callable, Collection, Iterable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -85,9 +87,73 @@ CREATE TABLE IF NOT EXISTS claims (
 LEASE_SECONDS = 60.0  # a claim not renewed for this long is taken over
 
 
+def _layout() -> dict[str, list[str]]:
+    """Each table's columns as this version creates them."""
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.executescript(_SCHEMA)
+        tables = [r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type='table'")]
+        return {t: [c[1] for c in conn.execute(f"PRAGMA table_info({t})")] for t in tables}
+    finally:
+        conn.close()
+
+
+LAYOUT = _layout()
+RESUME = "every batch stored before is kept: rerun the command to resume"
+FULL_BELOW = 4 << 20  # bytes free under which an I/O error on the store is put down to a full disk
+
+
+def store_error(path: Path, error: sqlite3.Error) -> UserError:
+    """What an SQLite error on the store means to the user, in one line: the disk is full, the
+    folder is read-only, the file is damaged, or another program holds it."""
+    text = str(error)
+    folder = path.parent
+    try:  # a full disk shows as "disk I/O error" too when the WAL's index cannot grow
+        nearly_full = shutil.disk_usage(folder).free < FULL_BELOW
+    except OSError:
+        nearly_full = False
+    if "full" in text or ("disk I/O" in text and nearly_full):
+        return UserError(f"the disk holding {path} is full ({text}): free some space or point "
+                         f"--out at another disk; {RESUME}")
+    if "readonly" in text or "read-only" in text or (
+            "unable to open" in text and not os.access(folder, os.W_OK)):
+        return UserError(f"{path} cannot be written: {folder} is read-only ({text}); point --out "
+                         f"at a writable folder")
+    if "unable to open" in text:
+        return UserError(f"{path} cannot be opened ({text}): check that {folder} exists and is "
+                         f"a folder you can write to, or point --out elsewhere")
+    if "locked" in text or "busy" in text:
+        return UserError(f"{path} is locked by another program ({text}): wait for it to finish, "
+                         f"or point --out at another folder")
+    if "disk I/O" in text:
+        return UserError(f"reading or writing {path} failed ({text}): check the disk, then rerun; "
+                         f"{RESUME}")
+    return UserError(f"{path} is damaged ({text}): point --out at a new folder, or recover its "
+                     f"rows with 'sqlite3 {path} .recover | sqlite3 NEW.sqlite'")
+
+
+def _guarded(method: Callable[..., Any]) -> Callable[..., Any]:
+    """A store method whose SQLite errors reach the user as ``store_error``."""
+
+    @functools.wraps(method)
+    def wrapper(self: Store, *args: Any, **kwargs: Any) -> Any:
+        try:
+            return method(self, *args, **kwargs)
+        except sqlite3.Error as error:
+            raise store_error(self.path, error) from None
+
+    return wrapper
+
+
 def new_owner() -> str:
     """This writer's name in the claims table: host, process and a nonce."""
     return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:8]}"
+
+
+# Owners whose Lease is open in this process: a claim of this process by any other owner is
+# left from an evaluation that ended without releasing it (its release failed on a full disk,
+# say), so a retry in the same process takes it over at once instead of after the lease.
+_LIVE_OWNERS: set[str] = set()
 
 
 def _owner_is_dead(owner: str) -> bool:
@@ -96,6 +162,8 @@ def _owner_is_dead(owner: str) -> bool:
     pid_text = rest.partition(":")[0]
     if host != socket.gethostname() or not pid_text.isdigit():
         return False
+    if int(pid_text) == os.getpid():
+        return owner not in _LIVE_OWNERS
     try:
         os.kill(int(pid_text), 0)
     except ProcessLookupError:
@@ -158,7 +226,11 @@ class Store:
 
     def __init__(self, path: Path | str, timeout: float = 120.0):
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise UserError(f"cannot create the folder {self.path.parent} for the store "
+                            f"({error.strerror}): point --out at a writable folder") from None
         deadline = time.monotonic() + timeout
         while True:
             try:
@@ -184,8 +256,7 @@ class Store:
                 # Switching to WAL needs a moment alone with the file; a second process
                 # opening it at that instant gets "locked" without the busy handler.
                 if "locked" not in str(error) or time.monotonic() > deadline:
-                    raise UserError(f"{self.path} cannot be opened ({error}): another program "
-                                    f"holds it, or point --out at another folder") from None
+                    raise store_error(self.path, error) from None
                 self.conn.close()
                 time.sleep(0.05)
             except sqlite3.DatabaseError as error:
@@ -206,6 +277,21 @@ class Store:
             what = f"store schema {found}" if found else "no refbench store layout"
             raise UserError(f"{self.path} has {what}, this refbench reads and writes schema "
                             f"{SCHEMA_VERSION}; the file was left as it is: use a new --out folder")
+        differences = []
+        for table, columns in LAYOUT.items():
+            have = [c[1] for c in self.conn.execute(f"PRAGMA table_info({table})")]
+            if not have:
+                differences.append(f"no {table} table")
+            elif have != columns:
+                missing = [c for c in columns if c not in have]
+                extra = [c for c in have if c not in columns]
+                differences.append(f"{table} " + ", ".join(
+                    [f"lacks {', '.join(missing)}"] * bool(missing) + [f"has {', '.join(extra)}"] * bool(extra)
+                    or ["has its columns in another order"]))
+        if differences:
+            raise UserError(f"{self.path} has another table layout ({'; '.join(differences)}) "
+                            f"than this refbench's schema {SCHEMA_VERSION}; the file was left as "
+                            f"it is: use a new --out folder, or the refbench version that wrote it")
 
     def close(self) -> None:
         self.conn.close()
@@ -223,12 +309,17 @@ class Store:
         self.conn.execute("BEGIN IMMEDIATE")
         try:
             yield self.conn
+            self.conn.execute("COMMIT")
         except BaseException:
-            self.conn.execute("ROLLBACK")
+            if self.conn.in_transaction:  # SQLite rolls back by itself on a full disk
+                try:
+                    self.conn.execute("ROLLBACK")
+                except sqlite3.Error:
+                    pass
             raise
-        self.conn.execute("COMMIT")
 
     # -- runs ------------------------------------------------------------------------------
+    @_guarded
     def register_run(self, run: RunRecord) -> None:
         now = time.time()
         with self.transaction() as conn:
@@ -245,6 +336,7 @@ class Store:
                          (run.limit_n, json.dumps(run.versions, sort_keys=True), run.git_hash,
                           json.dumps(info, sort_keys=True), now, run.run_key))
 
+    @_guarded
     def update_run_info(self, run_key: str, info: dict[str, Any]) -> None:
         with self.transaction() as conn:
             row = conn.execute("SELECT info FROM runs WHERE run_key=?", (run_key,)).fetchone()
@@ -252,6 +344,7 @@ class Store:
             conn.execute("UPDATE runs SET info=?, updated=? WHERE run_key=?",
                          (json.dumps(merged, sort_keys=True), time.time(), run_key))
 
+    @_guarded
     def run(self, run_key: str) -> dict[str, Any] | None:
         cursor = self.conn.execute("SELECT * FROM runs WHERE run_key=?", (run_key,))
         row = cursor.fetchone()
@@ -262,15 +355,18 @@ class Store:
             record[key] = json.loads(record[key])
         return record
 
+    @_guarded
     def runs(self) -> list[dict[str, Any]]:
         keys = [r[0] for r in self.conn.execute("SELECT run_key FROM runs ORDER BY created")]
         return [r for r in (self.run(k) for k in keys) if r is not None]
 
     # -- samples ---------------------------------------------------------------------------
+    @_guarded
     def done_ids(self, run_key: str) -> set[str]:
         return {r[0] for r in self.conn.execute(
             "SELECT sample_id FROM samples WHERE run_key=?", (run_key,))}
 
+    @_guarded
     def write(self, run_key: str, rows: Iterable[SampleRow], groups: Iterable[GroupRow] = (),
               owner: str | None = None) -> None:
         """Write one batch atomically; rows already present are left as they are. ``owner``'s
@@ -290,6 +386,7 @@ class Store:
                 [(run_key, g.group_id, json.dumps(g.classes), _blob(g.confusion.ravel()))
                  for g in groups])
 
+    @_guarded
     def rows(self, run_key: str, with_masks: bool = False,
              sample_ids: Collection[str] | None = None) -> list[SampleRow]:
         """A run's rows; only those of ``sample_ids`` when given (a gallery needs a few masks,
@@ -314,6 +411,7 @@ class Store:
                 info=json.loads(r[8]), mask_rle=json.loads(r[9]) if with_masks else {}))
         return out
 
+    @_guarded
     def groups(self, run_key: str) -> list[GroupRow]:
         out = []
         for group_id, classes, blob in self.conn.execute(
@@ -323,6 +421,7 @@ class Store:
             out.append(GroupRow(group_id, classes, _unblob(blob).reshape(-1, k, k)))
         return out
 
+    @_guarded
     def merge(self, shard: Path) -> int:
         """Copy a shard store's runs and rows in (existing rows win), then delete the shard.
         Returns the number of sample rows the shard held."""
@@ -342,6 +441,7 @@ class Store:
         return n
 
     # -- claims --------------------------------------------------------------------------
+    @_guarded
     def claim(self, owner: str, wanted: Iterable[tuple[str, str, str]],
               lease: float = LEASE_SECONDS) -> tuple[list[tuple[str, str]], list[tuple[str, str]]]:
         """Claim (run key, group) pairs for ``owner``; each comes with one sample id of the group
@@ -368,15 +468,18 @@ class Store:
                 granted.append((run_key, group_id))
         return granted, held
 
+    @_guarded
     def release(self, owner: str) -> None:
         """Drop every claim of ``owner`` (its work is done, or it stops): others take over."""
         with self.transaction() as conn:
             conn.execute("DELETE FROM claims WHERE owner=?", (owner,))
 
+    @_guarded
     def renew(self, owner: str, lease: float = LEASE_SECONDS) -> None:
         with self.transaction() as conn:
             conn.execute("UPDATE claims SET expires=? WHERE owner=?", (time.time() + lease, owner))
 
+    @_guarded
     def count(self, run_key: str) -> int:
         return self.conn.execute("SELECT COUNT(*) FROM samples WHERE run_key=?", (run_key,)).fetchone()[0]
 
@@ -400,10 +503,17 @@ class Lease:
             renewer.close()
 
     def __enter__(self) -> Lease:
+        _LIVE_OWNERS.add(self.owner)
         self._thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
         self._stop.set()
         self._thread.join()
-        self.store.release(self.owner)
+        try:
+            self.store.release(self.owner)
+        except UserError:
+            if exc[0] is None:  # nothing else went wrong: this is the error to report
+                raise
+        finally:
+            _LIVE_OWNERS.discard(self.owner)

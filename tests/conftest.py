@@ -63,6 +63,23 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = No
                           capture_output=True, text=True, timeout=timeout)
 
 
+def run_cli_here(*args: str) -> subprocess.CompletedProcess:
+    """Run the command line in this process: what ``run_cli`` shows (exit code, stdout, stderr)
+    without a new interpreter's seconds of imports, for the many small bad-input cases."""
+    import contextlib
+    import io
+
+    from refbench.cli import main
+
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        try:
+            code = main(list(args))
+        except SystemExit as exit_:  # argparse
+            code = exit_.code if isinstance(exit_.code, int) else 2
+    return subprocess.CompletedProcess(["refbench", *args], code, out.getvalue(), err.getvalue())
+
+
 def assert_user_error(result: subprocess.CompletedProcess, *fragments: str) -> None:
     """Exit 2, one line on stderr, no traceback, mentioning every fragment."""
     assert result.returncode == 2, (result.returncode, result.stdout, result.stderr)

@@ -125,10 +125,11 @@ def test_a_killed_writers_claims_are_taken_over(shapes_root: Path, tmp_path: Pat
 
 
 def test_claims_grant_hold_and_take_over(tmp_path: Path):
-    from refbench.store import new_owner
+    from refbench.store import _LIVE_OWNERS, new_owner
 
     with Store(tmp_path / "s.sqlite") as store:
         a, b = new_owner(), new_owner()
+        _LIVE_OWNERS.update((a, b))  # two writers with their leases open
         wanted = [("run", "g1", "s1"), ("run", "g2", "s2")]
         assert store.claim(a, wanted) == ([("run", "g1"), ("run", "g2")], [])
         assert store.claim(b, wanted) == ([], [("run", "g1"), ("run", "g2")])  # a is alive
@@ -140,6 +141,12 @@ def test_claims_grant_hold_and_take_over(tmp_path: Path):
         assert store.claim(b, wanted) == ([("run", "g1"), ("run", "g2")], [])
         store.release(b)
         assert store.conn.execute("SELECT COUNT(*) FROM claims").fetchone()[0] == 0
+        # a claim left by an evaluation of this process that ended (its release failed on a
+        # full disk, say) is taken over at once, not after the lease
+        assert store.claim(a, wanted)[0] == [("run", "g1"), ("run", "g2")]
+        _LIVE_OWNERS.discard(a)
+        assert store.claim(b, wanted) == ([("run", "g1"), ("run", "g2")], [])
+        _LIVE_OWNERS.discard(b)
 
 
 # -- results files keep every method ---------------------------------------------------------------

@@ -28,7 +28,7 @@ def test_overlapping_polygons_are_merged_not_summed():
 
 
 def test_empty_segmentation_is_a_user_error():
-    with pytest.raises(UserError, match="empty segmentation"):
+    with pytest.raises(UserError, match="segmentation is empty"):
         segmentation_to_rle([], 10, 10, "annotation 5")
 
 

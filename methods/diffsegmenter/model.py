@@ -187,8 +187,12 @@ class DiffSegmenter:
             spans = referent.group if self.config.target == "chunk" else (referent.root,)
             target = [p for span in spans for p in alignment.positions(*span)]
             emphasis = alignment.positions(*referent.root)
-        if alignment.lost(target) or not target:
-            if self.config.overlong == "error" or not target:
+        if not target:
+            raise UserError(f"sample {sample.sample_id}: the expression {text!r} has no token "
+                            f"the model's tokenizer can read for its referent: fix or drop that "
+                            f"sentence in the data")
+        if alignment.lost(target):
+            if self.config.overlong == "error":
                 raise UserError(
                     f"sample {sample.sample_id}: the prompt has {alignment.n_tokens} tokens, over the "
                     f"model's {alignment.max_length}, and the referent is cut off: shorten "

@@ -8,15 +8,16 @@ are imported only by the commands that run models, so ``refbench ls`` answers in
 
 from __future__ import annotations
 
+import errno
 import shlex
 import sys
 import warnings
 from typing import Any
 
-from refbench.cli import common, grid, listing, report, run, train
+from refbench.cli import common, data, grid, listing, report, run, train
 from refbench.errors import UserError
 
-COMMAND_MODULES = (listing, run, grid, report, train)
+COMMAND_MODULES = (listing, run, grid, report, train, data)
 
 
 def _one_line_warning(message: Any, category: type, filename: str, lineno: int,
@@ -57,6 +58,11 @@ def main(argv: list[str] | None = None) -> int:
             message += f"; to run on the bundled model: refbench {shlex.join(argv + error.fix_args)}"
         print(message, file=sys.stderr)
         return 2
+    except OSError as error:  # the environment: a full disk, a read-only folder...
+        if getattr(args, "debug", False) or error.errno not in ENVIRONMENT_ERRORS:
+            return _internal_error(args, error)
+        print(f"refbench: error: {environment_message(error)}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
         print("refbench: interrupted; finished batches are stored, rerun to resume", file=sys.stderr)
         return 130
@@ -64,15 +70,39 @@ def main(argv: list[str] | None = None) -> int:
         sys.stderr.close()
         return 0
     except Exception as error:  # a bug: one line, the traceback on request
-        if getattr(args, "debug", False):
-            raise
-        where = error.__traceback__
-        while where is not None and where.tb_next is not None:
-            where = where.tb_next
-        place = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
-        print(f"refbench: internal error: {type(error).__name__}: {str(error).splitlines()[0][:200] if str(error) else ''}"
-              f"{place}; rerun with --debug for the traceback and report it", file=sys.stderr)
-        return 1
+        return _internal_error(args, error)
+
+
+# errno values that are the machine's state, not a bug: each has its own message
+ENVIRONMENT_ERRORS = {errno.ENOSPC: "the disk is full", errno.EDQUOT: "the disk quota is used up",
+                      errno.EROFS: "the file system is read-only",
+                      errno.EACCES: "permission is denied", errno.EPERM: "permission is denied",
+                      errno.ENOTDIR: "a part of the path is a file, not a folder",
+                      errno.EISDIR: "it is a folder, not a file"}
+
+
+def environment_message(error: OSError) -> str:
+    """One line for an ``OSError`` of the environment: the path, the cause, the fix."""
+    where = f" on {error.filename}" if error.filename else ""
+    cause = ENVIRONMENT_ERRORS[error.errno]
+    fix = {errno.ENOSPC: "free some space or write elsewhere (--out); rows stored before are kept, "
+                         "rerun to resume",
+           errno.EDQUOT: "free some space or write elsewhere (--out); rows stored before are kept"}.get(
+        error.errno, "fix the path's permissions or write elsewhere (--out)")
+    return f"{error.strerror or cause}{where}: {cause}; {fix}"
+
+
+def _internal_error(args: Any, error: BaseException) -> int:
+    if getattr(args, "debug", False):
+        raise error
+    where = error.__traceback__
+    while where is not None and where.tb_next is not None:
+        where = where.tb_next
+    place = f" at {where.tb_frame.f_code.co_filename}:{where.tb_lineno}" if where else ""
+    text = str(error).splitlines()[0][:200] if str(error) else ""
+    print(f"refbench: internal error: {type(error).__name__}: {text}{place}; rerun with --debug "
+          f"for the traceback and report it", file=sys.stderr)
+    return 1
 
 
 if __name__ == "__main__":

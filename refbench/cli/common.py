@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 from pathlib import Path
 from typing import Any
 
@@ -89,6 +90,13 @@ def evaluation_options(p: argparse.ArgumentParser, out_help: str) -> None:
                         "image and truth squashed to --protocol-size, both empty counting 0)")
     p.add_argument("--protocol-size", type=positive_int, default=512,
                    help="with --protocol vpd: the side of the square")
+    p.add_argument("--skip-empty-gt", action="store_true",
+                   help="leave out samples whose ground truth is empty, counted in results.json "
+                        "(default: such a sample is an error, since an empty prediction would "
+                        "score IoU 1 on it)")
+    p.add_argument("--max-image-pixels", type=positive_int, default=None,
+                   help="refuse images with more pixels than this, the decompression-bomb guard "
+                        "(default: Pillow's limit, 89478485)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
@@ -121,9 +129,10 @@ def protocol(args: argparse.Namespace) -> Any:
 
 def settings(args: argparse.Namespace) -> Any:
     from refbench.core import Settings
+    from refbench.data.images import DEFAULT_MAX_PIXELS
 
     return Settings(args.seed, args.limit, args.batch_size, args.sweep_step, not args.no_progress,
-                    protocol(args))
+                    protocol(args), args.skip_empty_gt, args.max_image_pixels or DEFAULT_MAX_PIXELS)
 
 
 def host(args: argparse.Namespace) -> Any:
@@ -133,15 +142,18 @@ def host(args: argparse.Namespace) -> Any:
     return PluginHost(strict=args.strict_plugins)
 
 
-def run_folder(out: Path) -> Path:
-    """The run folder, usable: a one-line error for a file in its place."""
+def run_folder(out: Path, what: str = "run folder") -> Path:
+    """The output folder, usable before anything is computed: a one-line error for a file in
+    its place, a parent that is a file, or a folder that cannot be created or written."""
     if out.exists() and not out.is_dir():
-        raise UserError(f"--out {out} is a file, not a folder: pass a folder for the run")
+        raise UserError(f"--out {out} is a file, not a folder: pass a folder for the {what.split()[0]}")
     try:
         out.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise UserError(f"cannot create the run folder {out} ({error.strerror}): pass a writable "
+        raise UserError(f"cannot create the {what} {out} ({error.strerror}): pass a writable "
                         f"--out") from None
+    if not os.access(out, os.W_OK):
+        raise UserError(f"the {what} {out} is read-only: pass a writable --out")
     return out
 
 

@@ -41,6 +41,7 @@ def report(args: argparse.Namespace) -> int:
     from refbench.store import Store
 
     spec = load_spec(args.spec, limit=args.limit, store=args.store)
+    common.run_folder(args.out, "site folder")
     host = common.host(args)
     cluster = distributed.detect()
     with Store(spec.store / "store.sqlite") as store:

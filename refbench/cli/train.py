@@ -77,15 +77,6 @@ def add(sub: Any) -> None:
     p.add_argument("--out", type=Path, required=True, help="the file to write, e.g. vpd.pth")
     p.set_defaults(handler=export)
 
-    data = sub.add_parser("data", help="data utilities")
-    data_sub = data.add_subparsers(dest="data_command", required=True, parser_class=common.Parser)
-    p = data_sub.add_parser("make-shapes", help="generate the synthetic RefShapes data set",
-                            epilog="example:\n  refbench data make-shapes --out data/refshapes --seed 0")
-    p.add_argument("--out", type=Path, default=Path("data/refshapes"), help="where to write it")
-    p.add_argument("--seed", type=int, default=0, help="the same seed gives byte-identical files")
-    for split, default in (("train", 600), ("val", 100), ("testA", 60), ("testB", 60)):
-        p.add_argument(f"--{split}", type=int, default=default, metavar="IMAGES", help=f"images in {split}")
-    p.set_defaults(handler=make_shapes)
 
 
 def train(args: argparse.Namespace) -> int:
@@ -123,16 +114,4 @@ def export(args: argparse.Namespace) -> int:
     if not callable(getattr(method, "export", None)):
         raise UserError(f"method {args.method!r} has no other checkpoint format to export to")
     print(f"wrote {method.export(args.out)}")
-    return 0
-
-
-def make_shapes(args: argparse.Namespace) -> int:
-    from refbench.data.shapes import ShapesConfig, generate
-
-    counts = {"train": args.train, "val": args.val, "testA": args.testA, "testB": args.testB}
-    if any(v < 0 for v in counts.values()):
-        raise UserError("image counts must be zero or more")
-    manifest = generate(args.out, ShapesConfig(seed=args.seed, images=counts))
-    print(f"wrote RefShapes to {args.out}: {manifest['images']} images, "
-          f"{manifest['annotations']} objects, {manifest['sentences']} sentences")
     return 0

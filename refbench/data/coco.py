@@ -12,17 +12,18 @@ scores agree.
 
 from __future__ import annotations
 
-from collections import defaultdict
 from functools import cached_property, lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from refbench.data.files import combine_hashes, file_sha256, read_json
-from refbench.data.masks import decode, encode, segmentation_to_rle
+from refbench.data.files import combine_hashes, file_sha256
+from refbench.data.instances import ImageRecord, Instances, read_instances
+from refbench.data.masks import decode, encode
 from refbench.data.sample import Sample
-from refbench.errors import UserError, did_you_mean
+from refbench.data.schema import Problem, Validator
+from refbench.errors import did_you_mean
 
 IGNORE = 255
 BACKGROUND = 0
@@ -39,6 +40,8 @@ class CocoSemanticDataset:
         self.name = name
         self._image_dir = Path(image_dir) if image_dir else None
         self.image_subdir = image_subdir
+        # strict: the first bad record is the error; `refbench data check` collects them all
+        self.validator = Validator()
 
     def _hint(self, split: str = "<split>") -> str:
         return (f"expected the COCO layout {self.root}/annotations/instances_{split}.json with "
@@ -56,22 +59,19 @@ class CocoSemanticDataset:
                       for p in folder.glob("instances_*.json")) if folder.is_dir() else []
 
     @lru_cache(maxsize=4)
-    def _instances(self, split: str) -> dict[str, Any]:
+    def _instances(self, split: str) -> Instances:
         path = self._instances_path(split)
         if not path.is_file():
             available = self.splits()
             if available:
                 raise did_you_mean(split, available, f"split of {self.name}")
-        data = read_json(path, self._hint(split))
-        if not isinstance(data, dict) or not {"images", "annotations", "categories"} <= data.keys():
-            raise UserError(f"{path} lacks images/annotations/categories: {self._hint(split)}")
-        return data
+        return read_instances(path, self._hint(split), self.validator, require_categories=True)
 
     def category_names(self, split: str | None = None) -> dict[int, str]:
         splits = [split] if split else self.splits()[:1]
         names: dict[int, str] = {}
         for s in splits:
-            names.update({int(c["id"]): c["name"] for c in self._instances(s)["categories"]})
+            names.update(self._instances(s).categories)
         return names
 
     def fingerprint(self, split: str) -> str:
@@ -79,52 +79,50 @@ class CocoSemanticDataset:
         return combine_hashes("coco-semantic", self.name, split,
                               file_sha256(self._instances_path(split)))
 
-    @lru_cache(maxsize=4)
-    def _index(self, split: str) -> tuple[dict[int, dict[str, Any]], dict[int, list[dict[str, Any]]]]:
-        data = self._instances(split)
-        images = {int(img["id"]): img for img in data["images"]}
-        anns: dict[int, list[dict[str, Any]]] = defaultdict(list)
-        for ann in data["annotations"]:
-            anns[int(ann["image_id"])].append(ann)
-        return images, anns
-
-    def _paint(self, split: str, image_id: int) -> np.ndarray:
-        images, anns = self._index(split)
-        image = images[image_id]
-        h, w = int(image["height"]), int(image["width"])
-        labels = np.full((h, w), BACKGROUND, dtype=np.uint8)
+    def _paint(self, instances: Instances, image: ImageRecord) -> np.ndarray | None:
+        """The image's label map; None when one of its annotations had a (collected) problem."""
+        labels = np.full((image.height, image.width), BACKGROUND, dtype=np.uint8)
         masks = []
-        for ann in anns.get(image_id, []):
-            rle = segmentation_to_rle(ann.get("segmentation"), h, w, f"annotation {ann.get('id')}")
-            masks.append((bool(ann.get("iscrowd", 0)), decode(rle), int(ann["category_id"])))
+        for ann_id in instances.by_image.get(image.image_id, []):
+            ann = instances.annotations[ann_id]
+            rle = instances.mask(ann_id)
+            if rle is None:
+                return None
+            masks.append((bool(ann.get("iscrowd", 0)), decode(rle), ann["category_id"]))
         for crowd, mask, _ in masks:
             if crowd:
                 labels[mask] = IGNORE
         for _, mask, category in sorted((m for m in masks if not m[0]), key=lambda m: -int(m[1].sum())):
-            if not 0 < category < IGNORE:
-                raise UserError(f"category id {category} is outside 1..254, which label maps need")
             labels[mask] = category
         return labels
 
     def samples(self, split: str) -> list[Sample]:
-        images, _ = self._index(split)
-        names = self.category_names(split)
+        instances = self._instances(split)
+        for category_id in instances.categories:
+            if not 0 < category_id < IGNORE:
+                self.validator.report(Problem(
+                    instances.path, f"category {category_id}", "id", "is outside 1..254, which "
+                    "label maps need (0 is background, 255 ignored)", "renumber the categories"))
+                return []
+        names = instances.categories
         out: list[Sample] = []
-        for image_id in sorted(images):
-            image = images[image_id]
-            labels = self._paint(split, image_id)
+        for image_id in sorted(instances.images):
+            image = instances.images[image_id]
+            labels = self._paint(instances, image)
+            if labels is None:
+                continue
             present = sorted(int(c) for c in np.unique(labels) if c not in (BACKGROUND, IGNORE))
             class_rles = {c: encode(labels == c) for c in present}
             self._label_rles[image_id] = (encode(labels == IGNORE), class_rles)
             for category in present:
                 out.append(Sample(
                     sample_id=f"{image_id}:{category}", image_id=image_id,
-                    image_path=self.image_dir(split) / image["file_name"],
-                    height=int(image["height"]), width=int(image["width"]),
+                    image_path=self.image_dir(split) / image.file_name,
+                    height=image.height, width=image.width,
                     expression=names.get(category, str(category)), gt=class_rles[category],
                     group_id=str(image_id), meta={"category_id": category,
                                                   "category": names.get(category, "")},
-                    is_class_name=True))
+                    is_class_name=True, origin=f"{instances.path} image {image_id}"))
         return out
 
     @cached_property

@@ -44,32 +44,117 @@ def bbox(rle: dict[str, Any]) -> tuple[float, float, float, float]:
     return tuple(float(v) for v in mask_utils.toBbox(coco))  # type: ignore[return-value]
 
 
-def segmentation_to_rle(segmentation: Any, height: int, width: int, where: str) -> dict[str, Any]:
-    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as one merged RLE.
+class BadSegmentation(UserError):
+    """A segmentation that does not describe a region of its image; ``what`` says why."""
+
+    def __init__(self, what: str, where: str = ""):
+        super().__init__(f"{where}: segmentation {what}" if where else f"segmentation {what}")
+        self.what = what
+
+
+# How far outside the image (a fraction of its side) a vertex may sit. Objects cut by the border
+# have vertices on or just past it (2% of RefShapes' polygons, up to 2.2% of the side); the
+# rasteriser clips them, as COCO's does. A vertex further out means coordinates in another scale.
+POLYGON_MARGIN = 0.1
+
+
+def _polygon_problem(polygon: Any, index: int, height: int, width: int) -> str | None:
+    if not isinstance(polygon, (list, tuple)):
+        return f"polygon {index} is a {type(polygon).__name__}, not a list of coordinates"
+    if len(polygon) < 6 or len(polygon) % 2:
+        return (f"polygon {index} has {len(polygon)} coordinates; a polygon needs an even "
+                f"number, at least 6 (x, y of 3 or more points)")
+    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
+        return f"polygon {index} holds values that are not numbers"
+    xs, ys = np.asarray(polygon[0::2], dtype=float), np.asarray(polygon[1::2], dtype=float)
+    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+        return f"polygon {index} has coordinates that are not finite (NaN or infinity)"
+    mx, my = POLYGON_MARGIN * width, POLYGON_MARGIN * height
+    if xs.min() < -mx or ys.min() < -my or xs.max() > width + mx or ys.max() > height + my:
+        return (f"polygon {index} reaches ({xs.min():g}..{xs.max():g}, {ys.min():g}..{ys.max():g}), "
+                f"outside the {width}x{height} image")
+    if abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2 == 0:
+        return f"polygon {index} has zero area (its points lie on one line)"
+    return None
+
+
+def rle_string_counts(counts: str) -> list[int]:
+    """The run lengths of a compressed RLE string (COCO's maskApi ``rleFrString``): 5 bits a
+    character, a continuation bit, a sign bit on the last, runs after the second stored as the
+    difference to the run two before. Decoded here so a malformed string is caught before
+    pycocotools reads it without checks."""
+    runs: list[int] = []
+    p = 0
+    while p < len(counts):
+        value, shift, more = 0, 0, True
+        while more:
+            if p >= len(counts):
+                raise ValueError("the string ends inside a run")
+            c = ord(counts[p]) - 48
+            if not 0 <= c < 64:
+                raise ValueError(f"character {counts[p]!r} is not an RLE character")
+            value |= (c & 0x1F) << shift
+            more = bool(c & 0x20)
+            p += 1
+            shift += 5
+            if not more and c & 0x10:
+                value |= -1 << shift
+        if len(runs) > 2:
+            value += runs[-2]
+        runs.append(value)
+    return runs
+
+
+def _rle_problem(rle: dict[str, Any], height: int, width: int) -> str | None:
+    size = rle.get("size")
+    if not (isinstance(size, (list, tuple)) and len(size) == 2
+            and all(isinstance(v, int) and not isinstance(v, bool) for v in size)):
+        return f"is an RLE without a valid size [height, width] (size is {size!r})"
+    if list(size) != [height, width]:
+        return f"is an RLE of size {list(size)}, but its image is {height}x{width} (height x width)"
+    counts = rle.get("counts")
+    if isinstance(counts, bytes):
+        counts = counts.decode("ascii", errors="replace")
+    if isinstance(counts, str):
+        try:
+            runs = rle_string_counts(counts)
+        except ValueError as error:
+            return f"is a compressed RLE whose counts are malformed ({error})"
+    elif isinstance(counts, list) and all(isinstance(v, int) and not isinstance(v, bool) for v in counts):
+        runs = counts
+    else:
+        return "is an RLE whose counts are neither a compressed string nor a list of whole numbers"
+    if any(r < 0 for r in runs):
+        return "is an RLE with a negative run length"
+    if sum(runs) != height * width:
+        return f"is an RLE whose runs cover {sum(runs)} pixels, not the image's {height * width}"
+    return None
+
+
+def segmentation_to_rle(segmentation: Any, height: int, width: int, where: str = "") -> dict[str, Any]:
+    """A COCO ``segmentation`` (polygons, uncompressed or compressed RLE) as one merged RLE,
+    checked first: polygons of an even count of at least 6 finite coordinates, inside the image,
+    of positive area; an RLE of the image's size whose runs cover it exactly. Anything else is a
+    ``BadSegmentation``, never a silently empty or wrong mask.
 
     Polygons of one object are merged (a union), never summed: the REFER loaders' ``np.sum``
     over polygon masks yields values above 1 where polygons overlap.
     """
-    if segmentation is None or (isinstance(segmentation, list) and len(segmentation) == 0):
-        raise UserError(f"{where} has an empty segmentation: fix or drop that annotation in the "
-                        f"instances file")
-    try:
-        if isinstance(segmentation, list):
-            polygons = [p for p in segmentation if len(p) >= 6]
-            if not polygons:
-                raise UserError(f"{where} has no polygon with 3 or more points: fix or drop it")
-            rles = mask_utils.frPyObjects(polygons, height, width)
-            merged = mask_utils.merge(rles)
-        elif isinstance(segmentation, dict) and isinstance(segmentation.get("counts"), list):
-            merged = mask_utils.frPyObjects(segmentation, height, width)
-        elif isinstance(segmentation, dict) and "counts" in segmentation:
-            merged = dict(segmentation)
-            if isinstance(merged["counts"], str):
-                merged["counts"] = merged["counts"].encode("ascii")
+    if segmentation is None or (isinstance(segmentation, (list, dict)) and len(segmentation) == 0):
+        raise BadSegmentation("is empty", where)
+    if isinstance(segmentation, (list, tuple)):
+        for index, polygon in enumerate(segmentation):
+            if problem := _polygon_problem(polygon, index, height, width):
+                raise BadSegmentation(problem, where)
+        polygons = [[float(v) for v in p] for p in segmentation]
+        merged = mask_utils.merge(mask_utils.frPyObjects(polygons, height, width))
+    elif isinstance(segmentation, dict):
+        if problem := _rle_problem(segmentation, height, width):
+            raise BadSegmentation(problem, where)
+        if isinstance(segmentation["counts"], list):
+            merged = mask_utils.frPyObjects(dict(segmentation), height, width)
         else:
-            raise UserError(f"{where}: unrecognised segmentation of type {type(segmentation).__name__}")
-    except UserError:
-        raise
-    except Exception as error:  # pycocotools raises bare Exceptions on malformed input
-        raise UserError(f"{where}: malformed segmentation ({error})") from None
+            merged = {"size": [height, width], "counts": segmentation["counts"]}
+    else:
+        raise BadSegmentation(f"is a {type(segmentation).__name__}, not polygons or an RLE", where)
     return _text_rle(merged)

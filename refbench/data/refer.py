@@ -10,16 +10,18 @@ mask, its polygons merged into one RLE.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from refbench.data.files import combine_hashes, file_sha256, read_json
-from refbench.data.masks import segmentation_to_rle
+from refbench.data.files import combine_hashes, file_sha256
+from refbench.data.instances import Instances, read_instances
 from refbench.data.safe_pickle import load_plain_pickle
 from refbench.data.sample import Sample
+from refbench.data.schema import Fields, Problem, Validator, shown
 from refbench.errors import UserError, did_you_mean
 
 # The split-bys each public data set was released with (REFER's README).
@@ -57,6 +59,8 @@ class ReferDataset:
         self.refs_path = self.root / name / f"refs({self.split_by}).p"
         self.instances_path = self.root / name / "instances.json"
         self.hint = layout_hint(self.root, name, self.split_by, self.image_dir)
+        # strict: the first bad record is the error; `refbench data check` collects them all
+        self.validator = Validator()
 
     # -- raw files -------------------------------------------------------------------------
     @cached_property
@@ -64,33 +68,31 @@ class ReferDataset:
         if not self.refs_path.is_file():
             raise UserError(f"missing {self.refs_path}: {self.hint}")
         refs = load_plain_pickle(self.refs_path)
-        if not isinstance(refs, list) or not all(isinstance(r, dict) for r in refs):
-            raise UserError(f"{self.refs_path} is not a list of refs: {self.hint}")
+        if not isinstance(refs, list):
+            raise UserError(f"{self.refs_path} holds a {type(refs).__name__}, not a list of refs: "
+                            f"{self.hint}")
         return refs
 
     @cached_property
-    def instances(self) -> dict[str, Any]:
-        data = read_json(self.instances_path, self.hint)
-        if not isinstance(data, dict) or not {"images", "annotations"} <= data.keys():
-            raise UserError(f"{self.instances_path} lacks 'images'/'annotations': not a COCO "
-                            f"instances file; {self.hint}")
-        return data
+    def instances(self) -> Instances:
+        return read_instances(self.instances_path, self.hint, self.validator)
 
     @cached_property
-    def _images(self) -> dict[int, dict[str, Any]]:
-        return {int(img["id"]): img for img in self.instances["images"]}
-
-    @cached_property
-    def _annotations(self) -> dict[int, dict[str, Any]]:
-        return {int(ann["id"]): ann for ann in self.instances["annotations"]}
-
-    @cached_property
-    def _categories(self) -> dict[int, str]:
-        return {int(c["id"]): c["name"] for c in self.instances.get("categories", [])}
+    def _refs(self) -> list[_Ref]:
+        """Every ref, checked: ids whole numbers, sent_ids unique over the file, each sentence
+        with text; a ref's annotation on the ref's image."""
+        out: list[_Ref] = []
+        sent_ids: dict[Any, str] = {}
+        ref_ids: dict[Any, str] = {}
+        for index, raw in enumerate(self.refs):
+            ref = _read_ref(self.validator, self.refs_path, index, raw, sent_ids, ref_ids)
+            if ref is not None:
+                out.append(ref)
+        return out
 
     # -- Dataset interface -----------------------------------------------------------------
     def splits(self) -> list[str]:
-        return sorted({str(r.get("split")) for r in self.refs})
+        return sorted({r.split for r in self._refs})
 
     def fingerprint(self, split: str) -> str:
         return combine_hashes("refer", self.name, self.split_by, split, *(self.kinds or ()),
@@ -100,43 +102,99 @@ class ReferDataset:
         available = self.splits()
         if split not in available:
             raise did_you_mean(split, available, f"split of {self.name} ({self.split_by})")
+        instances = self.instances
         out: list[Sample] = []
-        gt_cache: dict[int, dict[str, Any]] = {}
-        for ref in self.refs:
-            if ref.get("split") != split:
+        for ref in self._refs:
+            if ref.split != split:
                 continue
-            try:
-                ann_id, image_id = int(ref["ann_id"]), int(ref["image_id"])
-            except (KeyError, TypeError, ValueError):
-                raise UserError(f"{self.refs_path}: ref {ref.get('ref_id')!r} lacks ann_id or "
-                                f"image_id: {self.hint}") from None
-            image = self._images.get(image_id)
-            ann = self._annotations.get(ann_id)
+            image = instances.images.get(ref.image_id)
+            ann = instances.annotations.get(ref.ann_id)
+            where = f"ref {ref.index} (ref_id {ref.ref_id})"
             if image is None or ann is None:
-                raise UserError(f"{self.refs_path}: ref {ref.get('ref_id')!r} points at "
-                                f"{'image ' + str(image_id) if image is None else 'annotation ' + str(ann_id)}, "
-                                f"which {self.instances_path} lacks: the two files do not belong together")
-            h, w = int(image["height"]), int(image["width"])
-            if ann_id not in gt_cache:
-                gt_cache[ann_id] = segmentation_to_rle(ann.get("segmentation"), h, w,
-                                                       f"annotation {ann_id} in {self.instances_path}")
-            category_id = int(ref.get("category_id", ann.get("category_id", 0)))
-            for sentence in ref.get("sentences", []):
-                if self.kinds is not None and sentence.get("kind") not in self.kinds:
+                field_name, value = ("image_id", ref.image_id) if image is None else ("ann_id", ref.ann_id)
+                self.validator.report(Problem(
+                    self.refs_path, where, field_name, f"is {value}, which {self.instances_path} "
+                    f"lacks", "the refs file and the instances file do not belong together"))
+                continue
+            if ann["image_id"] != ref.image_id:
+                self.validator.report(Problem(
+                    self.refs_path, where, "image_id", f"is {ref.image_id}, but annotation "
+                    f"{ref.ann_id} is on image {ann['image_id']}", "the refs file and the "
+                    "instances file do not belong together"))
+                continue
+            if ref.category_id is not None and instances.categories and \
+                    ref.category_id not in instances.categories:
+                self.validator.report(Problem(
+                    self.refs_path, where, "category_id", f"is {ref.category_id}, which no "
+                    f"category of {self.instances_path} has", REF_FIX))
+                continue
+            gt = instances.mask(ref.ann_id)
+            if gt is None:
+                continue
+            category_id = ref.category_id if ref.category_id is not None else ann["category_id"]
+            for sent_id, text, kind in ref.sentences:
+                if self.kinds is not None and kind not in self.kinds:
                     continue
-                text = sentence.get("raw") or sentence.get("sent") or ""
-                meta = {"ref_id": ref.get("ref_id"), "ann_id": ann_id, "category_id": category_id,
-                        "category": self._categories.get(category_id, "")}
-                if "kind" in sentence:
-                    meta["kind"] = sentence["kind"]
+                meta = {"ref_id": ref.ref_id, "ann_id": ref.ann_id, "category_id": category_id,
+                        "category": instances.categories.get(category_id, "")}
+                if kind is not None:
+                    meta["kind"] = kind
                 out.append(Sample(
-                    sample_id=str(sentence["sent_id"]), image_id=image_id,
-                    image_path=self.image_dir / image["file_name"], height=h, width=w,
-                    expression=text.strip(), gt=gt_cache[ann_id], meta=meta))
+                    sample_id=str(sent_id), image_id=ref.image_id,
+                    image_path=self.image_dir / image.file_name, height=image.height,
+                    width=image.width, expression=text.strip(), gt=gt, meta=meta,
+                    origin=f"{self.instances_path} annotation {ref.ann_id}"))
         return out
 
     def label_map(self, image_id: int) -> np.ndarray:
         raise NotImplementedError("referring data sets have no label maps")
 
     def category_names(self) -> dict[int, str]:
-        return dict(self._categories)
+        return dict(self.instances.categories)
+
+
+@dataclass(frozen=True)
+class _Ref:
+    index: int
+    ref_id: int
+    ann_id: int
+    image_id: int
+    split: str
+    category_id: int | None
+    sentences: tuple[tuple[int, str, str | None], ...]  # (sent_id, text, kind)
+
+
+REF_FIX = "fix or drop that ref in the refs file, or regenerate it"
+
+
+def _read_ref(validator: Validator, path: Path, index: int, raw: Any, sent_ids: dict[Any, str],
+              ref_ids: dict[Any, str]) -> _Ref | None:
+    """One ref of a refs file, checked field by field (None after a collected problem)."""
+    record = f"ref {index}" + (f" (ref_id {shown(raw.get('ref_id'))})" if isinstance(raw, dict) else "")
+    f = Fields(validator, path, record, raw, REF_FIX)
+    ref_id, ann_id, image_id = f.integer("ref_id"), f.integer("ann_id"), f.integer("image_id")
+    split = f.text("split", nonempty=True)
+    category_id = f.integer("category_id", required=False)
+    sentences_raw = f.listing("sentences", nonempty=True)
+    if not f.ok or not validator.unique(ref_ids, ref_id, path, record, "ref_id",
+                                        "give each ref its own ref_id"):
+        return None
+    sentences = []
+    for k, item in enumerate(sentences_raw or []):
+        s = Fields(validator, path, f"{record}, sentences[{k}]", item,
+                   "give every sentence a unique whole-number sent_id and its text in 'raw' or 'sent'")
+        sent_id = s.integer("sent_id")
+        raw_text, sent_text = s.text("raw", required=False), s.text("sent", required=False)
+        kind = s.text("kind", required=False)
+        if not s.ok:
+            return None
+        text = raw_text if raw_text and raw_text.strip() else sent_text
+        if text is None or not text.strip():
+            s.problem("raw", "is missing" if raw_text is None and sent_text is None else
+                      f"is empty ({raw_text!r}); so is 'sent'")
+            return None
+        if not validator.unique(sent_ids, sent_id, path, f"{record}, sentences[{k}]", "sent_id",
+                                "give every sentence its own sent_id (samples are keyed by it)"):
+            return None
+        sentences.append((sent_id, text, kind))
+    return _Ref(index, ref_id, ann_id, image_id, split, category_id, tuple(sentences))  # type: ignore[arg-type]

@@ -12,13 +12,21 @@ import pickle
 from pathlib import Path
 from typing import Any
 
-from refbench.errors import UserError
+from refbench.errors import UserError, one_line
 
-# Constructors of plain data only. _codecs.encode is how protocol 2 rebuilds bytes objects.
+def _bytes_from_latin1(text: str, encoding: str = "latin1") -> bytes:
+    """``_codecs.encode`` as protocol 2 calls it to rebuild a bytes object, and nothing else."""
+    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(f"it calls _codecs.encode with {encoding!r}, which is not "
+                                     f"how plain bytes are stored")
+    return codecs.encode(text, "latin1")
+
+
+# Constructors of plain data only.
 _ALLOWED_GLOBALS = {
     ("builtins", "set"): set, ("builtins", "frozenset"): frozenset,
     ("__builtin__", "set"): set, ("__builtin__", "frozenset"): frozenset,
-    ("_codecs", "encode"): codecs.encode,
+    ("_codecs", "encode"): _bytes_from_latin1,
 }
 
 
@@ -27,6 +35,10 @@ class _RestrictedUnpickler(pickle.Unpickler):
         if (module, name) in _ALLOWED_GLOBALS:
             return _ALLOWED_GLOBALS[(module, name)]
         raise pickle.UnpicklingError(f"it references {module}.{name}, which is not plain data")
+
+    def persistent_load(self, pid: Any) -> Any:
+        raise pickle.UnpicklingError("it refers to outside objects by persistent id, which is not "
+                                     "plain data")
 
 
 def load_plain_pickle(path: Path) -> Any:
@@ -38,11 +50,11 @@ def load_plain_pickle(path: Path) -> Any:
     except FileNotFoundError:
         raise
     except pickle.UnpicklingError as error:
-        if "not plain data" in str(error):
+        if "plain" in str(error):
             raise UserError(f"refused to load {path}: {error}; a refs file holds only lists and "
                             f"dicts, so this one is not genuine: replace it with a clean copy") from None
-        raise UserError(f"{path} is corrupt ({error}): re-download or regenerate it") from None
-    except (EOFError, ValueError, TypeError, UnicodeDecodeError, IndexError, KeyError,
-            AttributeError, OverflowError, MemoryError) as error:
-        raise UserError(f"{path} is corrupt ({type(error).__name__}: {error}): "
+        raise UserError(f"{path} is corrupt ({one_line(error)}): re-download or regenerate it") from None
+    except (EOFError, ValueError, TypeError, UnicodeDecodeError, IndexError, KeyError, LookupError,
+            AttributeError, OverflowError, MemoryError, RecursionError) as error:
+        raise UserError(f"{path} is corrupt ({type(error).__name__}: {one_line(error)}): "
                         f"re-download or regenerate it") from None

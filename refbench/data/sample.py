@@ -33,6 +33,7 @@ class Sample:
     group_id: str = ""
     meta: Mapping[str, Any] = field(default_factory=dict)
     is_class_name: bool = False
+    origin: str = field(default="", compare=False)  # the record it was read from, for messages
 
     @property
     def group(self) -> str:

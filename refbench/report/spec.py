@@ -136,7 +136,7 @@ class _Section:
         self.data, self.where, self.read = data, where, set()
 
     def get(self, key: str, kind: type | tuple[type, ...], default: Any = None,
-            required: bool = False) -> Any:
+            required: bool = False, minimum: float | None = None) -> Any:
         self.read.add(key)
         if key not in self.data or self.data[key] is None:
             if required:
@@ -149,6 +149,8 @@ class _Section:
         if not isinstance(value, kinds) or (isinstance(value, bool) and bool not in kinds):
             names = " or ".join(k.__name__ for k in kinds)
             raise UserError(f"{self.where}.{key} must be {names}, got {value!r}")
+        if minimum is not None and isinstance(value, (int, float)) and not value >= minimum:
+            raise UserError(f"{self.where}.{key} must be at least {minimum:g}, got {value!r}")
         return value
 
     def done(self) -> None:
@@ -221,8 +223,7 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
     stats = StatsOptions(resamples=st.get("resamples", int, 2000),
                          confidence=st.get("confidence", float, 0.95), seed=st.get("seed", int, 0))
     st.done()
-    if stats.resamples < 100 or not 0.5 <= stats.confidence < 1:
-        raise UserError(f"{path.name}: statistics needs resamples >= 100 and confidence in [0.5, 1)")
+    stats.check(f"{path.name}: statistics")
 
     datasets = []
     for i, raw in enumerate(top.get("datasets", list, required=True)):
@@ -299,7 +300,7 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
                             f"({', '.join(dataset.splits)})")
         gallery = GalleryEntry(
             dataset=dataset.name, split=split,
-            count=g.get("samples", int, 6),
+            count=g.get("samples", int, 6, minimum=1),
             include=_text_list(include, f"{g.where}.include") if include else [],
             contrast=(contrast[0], contrast[1]), methods=shown)
         g.done()
@@ -307,7 +308,9 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
     regress = None
     if (raw := top.get("regress", dict)) is not None:
         r = _Section(raw, f"{path.name}: regress")
-        tolerance = {str(k): float(v) for k, v in r.get("tolerance", dict, {"mIoU": 0.0}).items()}
+        tolerance_section = _Section(r.get("tolerance", dict, {"mIoU": 0.0}), f"{r.where}.tolerance")
+        tolerance = {str(k): tolerance_section.get(str(k), float, minimum=0)
+                     for k in tolerance_section.data}
         for metric in tolerance:
             if metric not in REGRESS_METRICS:
                 raise did_you_mean(metric, REGRESS_METRICS, f"metric in {r.where}.tolerance")
@@ -315,11 +318,11 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
                                tolerance)
         r.done()
 
-    spec_limit = top.get("limit", int)
+    spec_limit = top.get("limit", int, minimum=1)
     spec_store = Path(top.get("store", str, f"runs/{path.stem}"))
     spec = ReportSpec(
         path=path, title=top.get("title", str, path.stem), store=store or spec_store,
-        seed=top.get("seed", int, 0), batch_size=top.get("batch_size", int, 8),
+        seed=top.get("seed", int, 0), batch_size=top.get("batch_size", int, 8, minimum=1),
         limit=limit if limit is not None else spec_limit,
         sweep_step=top.get("sweep_step", float, 0.05), breakdown=_nullable(top, "breakdown", "kind"),
         calibration=calibration, stats=stats, datasets=datasets, methods=methods,
@@ -327,7 +330,7 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         note=top.get("note", str, "").strip(),
         links=_links(top.get("links", list, []), f"{path.name}: links"),
         compare_by=_nullable(top, "compare_by", None),
-        protocol=Protocol(top.get("protocol", str, "image"), top.get("protocol_size", int, 512)),
+        protocol=Protocol(top.get("protocol", str, "image"), top.get("protocol_size", int, 512, minimum=1)),
         reported=chosen(path.parent / REGISTRY, _text_list(top.get("reported", (list, str)),
                                                            f"{path.name}: reported")
                         if top.data.get("reported") else [], f"{path.name}: reported"))

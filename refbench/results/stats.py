@@ -19,6 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from refbench.errors import UserError
+
 from refbench.results.metrics import INTERVAL_METRICS, metric, ratio_parts
 
 DEFAULT_RESAMPLES = 2000
@@ -90,6 +92,19 @@ class StatsOptions:
     resamples: int = DEFAULT_RESAMPLES
     confidence: float = DEFAULT_CONFIDENCE
     seed: int = 0
+
+    def check(self, where: str = "statistics") -> None:
+        """Values a bootstrap can run with in bounded memory and time."""
+        if not (isinstance(self.resamples, int) and MIN_RESAMPLES <= self.resamples <= MAX_RESAMPLES):
+            raise UserError(f"{where}: resamples must be a whole number from {MIN_RESAMPLES} to "
+                            f"{MAX_RESAMPLES:,}, got {self.resamples!r}")
+        if not (isinstance(self.confidence, float) and 0.5 <= self.confidence < 1):
+            raise UserError(f"{where}: confidence must be in [0.5, 1), got {self.confidence!r}")
+        if not (isinstance(self.seed, int) and 0 <= self.seed < 2**63):
+            raise UserError(f"{where}: seed must be a whole number from 0 to 2**63 - 1, got {self.seed!r}")
+
+
+MIN_RESAMPLES, MAX_RESAMPLES = 100, 1_000_000  # the upper bound keeps the weights in memory
 
 
 def bootstrap_ci(inter: np.ndarray, union: np.ndarray, clusters: np.ndarray,

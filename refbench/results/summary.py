@@ -36,6 +36,7 @@ class SplitInfo:
     root: str
     fingerprint: str
     n_samples: int
+    skipped_empty_gt: int = 0  # samples left out for an empty ground truth (--skip-empty-gt)
 
 
 @dataclass
@@ -198,5 +199,6 @@ class Results:
 
 def _split_dict(info: SplitInfo) -> dict[str, Any]:
     return {"name": info.dataset, "split": info.split, "task": info.task, "root": info.root,
-            "fingerprint": info.fingerprint, "n_samples": info.n_samples}
+            "fingerprint": info.fingerprint, "n_samples": info.n_samples,
+            "skipped_empty_gt": info.skipped_empty_gt}
 

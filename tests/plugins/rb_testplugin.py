@@ -22,7 +22,20 @@ def refbench_methods():
                             "colour evidence mixed with noise; its costly part is cached per sample"),
         refbench.MethodSpec("logged_blobs", "rb_testplugin:LoggedBlobs",
                             "noise_blobs that logs which process computed each sample"),
+        refbench.MethodSpec("crashing", "rb_testplugin:Crashing", "a method with a bug"),
     ]
+
+
+class Crashing:
+    """Fails the way a bug does: not a user's mistake, so the catch-all line reports it."""
+
+    Config = None
+
+    def __init__(self, config: None = None):
+        pass
+
+    def predict(self, batch: Batch) -> list[Prediction]:
+        return {}["no such key"]
 
 
 class NoiseBlobs:
