@@ -200,3 +200,19 @@ def test_gt_box_semantic_miou_through_the_cli(name, zeroshot_roots, tmp_path):
     semantic = json.loads((out / "results.json").read_text())["results"]["gt_box"]["semantic"]
     assert semantic["mIoU"] == pytest.approx(float(EXPECTED[name]), abs=1e-9)
     assert semantic["classes"] == {"voc": 4, "context": 3, "coco-object": 3}[name]
+
+
+def test_zeroshot_spec_loads_with_diffsegmenters_reported_rows():
+    from refbench.report.spec import load_spec
+    from tests.conftest import REPO
+
+    spec = load_spec(REPO / "leaderboards" / "zeroshot.yaml")
+    reported_on = {(d.name, split) for d in spec.datasets for split in d.splits}
+    assert reported_on == {("voc", "val"), ("context", "val"), ("coco-object", "val2017")}
+    figures = {(r.dataset, r.split): r.metrics for r in spec.reported}
+    assert figures == {("voc", "val"): {"semantic_mIoU": 60.1},
+                       ("context", "val"): {"semantic_mIoU": 27.5},
+                       ("coco-object", "val2017"): {"semantic_mIoU": 37.9}}  # rows of the boards
+    assert {r.work.authors for r in spec.reported} == {
+        "Wang J., Li X., Zhang J., Xu Q., Zhou Q., Yu Q., Sheng L., Xu D."}
+    assert spec.dataset("coco-object").calibration_split == "train2017"
