@@ -77,7 +77,8 @@ def test_compare_flags_missing_new_and_threshold_changes():
                       ("c", "-"): "new"}
 
 
-@pytest.mark.parametrize("name", ["refshapes.yaml", "binding.yaml", "refcoco.yaml", "coco.yaml", "ci.yaml"])
+@pytest.mark.parametrize("name", ["refshapes.yaml", "binding.yaml", "refcoco.yaml", "coco.yaml", "ci.yaml",
+                                  "zeroshot.yaml"])
 def test_committed_specs_are_valid(name: str):
     spec = load_spec(REPO / "leaderboards" / name)
     check_spec(PluginHost(), spec)  # methods, parameters, datasets, calibration policy

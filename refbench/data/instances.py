@@ -81,7 +81,8 @@ def _annotation(validator: Validator, path: Path, index: int, raw: Any,
                 images: dict[int, ImageRecord], categories: dict[int, str]) -> dict[str, Any] | None:
     fast = (isinstance(raw, dict) and _is_id(raw.get("id")) and raw.get("image_id") in images
             and _is_id(raw.get("image_id"))
-            and (_is_id(raw.get("category_id")) and (not categories or raw["category_id"] in categories))
+            and (_is_id(raw.get("category_id")) and raw["category_id"] in categories if categories
+                 else raw.get("category_id") is None or _is_id(raw.get("category_id")))
             and raw.get("iscrowd", 0) in (0, 1))
     if fast:
         return raw
@@ -89,7 +90,7 @@ def _annotation(validator: Validator, path: Path, index: int, raw: Any,
     f = Fields(validator, path, record, raw, FIX)
     f.integer("id")
     image_id = f.integer("image_id")
-    category_id = f.integer("category_id")
+    category_id = f.integer("category_id", required=bool(categories))  # none without categories
     crowd = f.integer("iscrowd", required=False, default=0)
     if f.ok and image_id not in images:
         f.problem("image_id", f"is {image_id}, which no entry of 'images' has")
@@ -114,7 +115,13 @@ def _categories(validator: Validator, path: Path, raw: list[Any]) -> dict[int, s
 def read_instances(path: Path, hint: str, validator: Validator,
                    require_categories: bool = False) -> Instances:
     """Read and index ``path``, reporting the first bad record through ``validator``."""
-    data = read_json(path, hint)
+    return index_instances(read_json(path, hint), path, hint, validator, require_categories)
+
+
+def index_instances(data: Any, path: Path, hint: str, validator: Validator,
+                    require_categories: bool = False) -> Instances:
+    """Index COCO instances ``data`` (read from ``path``, or built from other files there),
+    reporting the first bad record through ``validator``."""
     if not isinstance(data, dict):
         raise UserError(f"{path} holds a JSON {type(data).__name__}, not a COCO instances object "
                         f"with 'images' and 'annotations': {hint}")

@@ -7,6 +7,9 @@ from refbench.specs import DatasetSpec
 
 _REFER = "refbench.data.refer:ReferDataset"
 _COCO = "refbench.data.coco:CocoSemanticDataset"
+_LABEL_MAPS = "refbench.data.label_maps:LabelMapDataset"
+_PARQUET = "refbench.data.refer_parquet:"
+_PARQUET_HOWTO = "a folder of its parquet files, or --data-root hf://"
 _REFER_HOWTO = ("get refs(<splitBy>).p and instances.json from the REFER release and COCO "
                 "train2014 images")
 
@@ -23,6 +26,36 @@ def refbench_datasets() -> list[DatasetSpec]:
         DatasetSpec("coco", _COCO, "COCO semantic segmentation from an instances file: get "
                     "annotations/instances_<split>.json and the <split> images", "coco",
                     {"name": "coco"}),
+        DatasetSpec("refcoco-benchmark", _PARQUET + "BenchmarkParquetDataset", "RefCOCO, RefCOCO+ "
+                    "and RefCOCOg evaluation splits (refcoco_unc_val, refcoco_plus_unc_testA, "
+                    f"refcocog_umd_test, ...): {_PARQUET_HOWTO}jxu124/refcoco-benchmark",
+                    "refcoco-benchmark", {"name": "refcoco-benchmark"}),
+        DatasetSpec("refcoco-parquet", _PARQUET + "ReferRowsParquetDataset", "RefCOCO (unc) as "
+                    f"REFER rows in parquet: {_PARQUET_HOWTO}jxu124/refcoco (option name: refcoco+ "
+                    "or refcocog for jxu124/refcocoplus or jxu124/refcocog)", "refcoco-parquet",
+                    {"name": "refcoco"}),
+        DatasetSpec("refcoco-lmms", _PARQUET + "LmmsParquetDataset", "RefCOCO as lmms-lab packs it "
+                    "(images inside; testA/testB are UNC's, val/test are not): "
+                    f"{_PARQUET_HOWTO}lmms-lab/RefCOCO", "refcoco-lmms", {"name": "refcoco"}),
+        DatasetSpec("voc", _LABEL_MAPS, "PASCAL VOC 2012 semantic segmentation (20 classes + "
+                    "background, one sample per class present): VOCdevkit/VOC2012 with JPEGImages, "
+                    "SegmentationClass, ImageSets/Segmentation", "VOCdevkit/VOC2012",
+                    {"name": "voc", "labels": "voc", "image_subdir": "JPEGImages",
+                     "label_subdir": "SegmentationClass",
+                     "split_list": "ImageSets/Segmentation/{split}.txt"}),
+        DatasetSpec("context", _LABEL_MAPS, "PASCAL Context (59 classes + background, one sample "
+                    "per class present) in mmsegmentation's layout: VOCdevkit/VOC2010 with "
+                    "JPEGImages, SegmentationClassContext, ImageSets/SegmentationContext",
+                    "VOCdevkit/VOC2010",
+                    {"name": "context", "labels": "context", "image_subdir": "JPEGImages",
+                     "label_subdir": "SegmentationClassContext",
+                     "split_list": "ImageSets/SegmentationContext/{split}.txt"}),
+        DatasetSpec("coco-object", _LABEL_MAPS, "COCO-Object (80 objects + background, one sample "
+                    "per class present) as GroupViT converts it: images/<split>/*.jpg and "
+                    "annotations/<split>/*_instanceTrainIds.png", "coco",
+                    {"name": "coco-object", "labels": "coco-object",
+                     "image_subdir": "images/{split}", "label_subdir": "annotations/{split}",
+                     "label_suffix": "_instanceTrainIds.png"}),
         DatasetSpec("refshapes", _REFER, "synthetic referring shapes in the RefCOCO layout "
                     "(generated on first use)", "refshapes", {"name": "refshapes"},
                     generator="refbench.data.shapes:make"),

@@ -17,8 +17,8 @@ from typing import Any
 
 import numpy as np
 
-from refbench.data.files import combine_hashes, file_sha256
-from refbench.data.instances import Instances, read_instances
+from refbench.data.files import combine_hashes, file_sha256, read_json
+from refbench.data.instances import Instances, index_instances
 from refbench.data.safe_pickle import load_plain_pickle
 from refbench.data.sample import Sample
 from refbench.data.schema import Fields, Problem, Validator, shown
@@ -73,9 +73,13 @@ class ReferDataset:
                             f"{self.hint}")
         return refs
 
+    def instances_data(self) -> Any:
+        """The COCO instances as read (a reader of another layout builds them from its files)."""
+        return read_json(self.instances_path, self.hint)
+
     @cached_property
     def instances(self) -> Instances:
-        return read_instances(self.instances_path, self.hint, self.validator)
+        return index_instances(self.instances_data(), self.instances_path, self.hint, self.validator)
 
     @cached_property
     def _refs(self) -> list[_Ref]:
@@ -131,7 +135,7 @@ class ReferDataset:
             gt = instances.mask(ref.ann_id)
             if gt is None:
                 continue
-            category_id = ref.category_id if ref.category_id is not None else ann["category_id"]
+            category_id = ref.category_id if ref.category_id is not None else ann.get("category_id")
             for sent_id, text, kind in ref.sentences:
                 if self.kinds is not None and kind not in self.kinds:
                     continue
@@ -161,7 +165,7 @@ class _Ref:
     image_id: int
     split: str
     category_id: int | None
-    sentences: tuple[tuple[int, str, str | None], ...]  # (sent_id, text, kind)
+    sentences: tuple[tuple[int | str, str, str | None], ...]  # (sent_id, text, kind)
 
 
 REF_FIX = "fix or drop that ref in the refs file, or regenerate it"
@@ -182,8 +186,8 @@ def _read_ref(validator: Validator, path: Path, index: int, raw: Any, sent_ids: 
     sentences = []
     for k, item in enumerate(sentences_raw or []):
         s = Fields(validator, path, f"{record}, sentences[{k}]", item,
-                   "give every sentence a unique whole-number sent_id and its text in 'raw' or 'sent'")
-        sent_id = s.integer("sent_id")
+                   "give every sentence a unique sent_id (a whole number) and its text in 'raw' or 'sent'")
+        sent_id = s.identifier("sent_id")
         raw_text, sent_text = s.text("raw", required=False), s.text("sent", required=False)
         kind = s.text("kind", required=False)
         if not s.ok:

@@ -126,6 +126,16 @@ class Fields:
             return None
         return value
 
+    def identifier(self, key: str) -> int | str | None:
+        """An id: a whole number (REFER's) or non-empty text (layouts that compose their ids)."""
+        present, value = self._get(key, True, None)
+        if present and isinstance(value, str):
+            if value.strip():
+                return value
+            self.problem(key, "is empty text, not an id")
+            return None
+        return self.integer(key) if present else None
+
     def number(self, key: str, required: bool = True, default: float | None = None) -> float | None:
         present, value = self._get(key, required, default)
         if not present:

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from refbench.config import coerce
+from refbench.data.parquet import hub_repo
 from refbench.data.sample import Dataset
 from refbench.errors import UserError, did_you_mean
 from refbench.plugins import PluginHost
@@ -92,10 +93,13 @@ def open_dataset(host: PluginHost, source: DataSource, generate: bool = False) -
     root = source.resolved_root(host)
     if generate:
         ensure_generated(spec, root)
+    factory = resolve(spec.factory)
+    if hub_repo(root) and getattr(factory, "reads_hub", False):
+        return factory(root, **options)  # the reader finds the hub data set in the cache
     if not root.exists():
         how = f"; {spec.summary}" if spec.summary else ""
         make = ("; it is synthetic: the command line generates it there on first use, "
                 "refbench.evaluate(..., generate=True) too" if spec.generator else "")
         raise UserError(f"data root {root} does not exist: pass --data-root (data_root=) pointing "
                         f"at your copy of {source.name}{how}{make} (see the README's 'Data layout')")
-    return resolve(spec.factory)(root, **options)
+    return factory(root, **options)

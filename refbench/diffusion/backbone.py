@@ -24,6 +24,7 @@ from typing import Any, Literal
 import torch
 
 from refbench.errors import UserError, did_you_mean
+from refbench.hub import check_hub, hub_home, hub_offline
 from refbench.plugins import PluginHost
 from refbench.specs import resolve
 
@@ -116,16 +117,16 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
         raise UserError(f"backbone directory {source} does not exist: give a directory in the "
                         f"diffusers layout (unet/, vae/, text_encoder/, tokenizer/, scheduler/)")
     where = str(local) if is_dir else source
-    offline = os.environ.get("HF_HUB_OFFLINE", "").lower() in {"1", "true", "yes"}
+    offline = hub_offline()
     bundled = ["--backbone", "shapes"] if name != "shapes" else []
     if not is_dir:
-        _check_hub(source, name, offline, bundled)
+        _check_hub(source, name, bundled)
     kwargs: dict[str, Any] = {"local_files_only": offline} if not is_dir else {}
     try:
         with _no_loading_bars(is_dir):
             unet, vae, text_encoder, tokenizer, scheduler = _components(where, kwargs)
     except (OSError, ValueError) as error:
-        home = os.environ.get("HF_HOME", "~/.cache/huggingface")
+        home = hub_home()
         looked = f"in {local}" if is_dir else f"on the hub and in the cache under {home}" + (
             " (HF_HUB_OFFLINE is set)" if offline else "")
         raise UserError(
@@ -138,30 +139,11 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
     return backbone.to(device, dtype).eval()
 
 
-def _check_hub(repo: str, name: str, offline: bool, fix: list[str]) -> None:
-    """Fail at once, in one line, for a hub model that is not in the cache when the hub cannot be
-    reached (HF_HUB_OFFLINE, or no answer within 5 s), instead of the libraries' retries."""
-    from huggingface_hub import try_to_load_from_cache
-
-    if isinstance(try_to_load_from_cache(repo, "model_index.json"), str):
-        return  # cached: from_pretrained reads it locally
-    home = os.environ.get("HF_HOME", "~/.cache/huggingface")
-    how = (f"download it where there is network (huggingface-cli download {repo}) into {home}, "
+def _check_hub(repo: str, name: str, fix: list[str]) -> None:
+    """A hub model not in the cache fails at once when the hub cannot be reached (refbench.hub)."""
+    how = (f"download it where there is network (huggingface-cli download {repo}) into {hub_home()}, "
            f"give a local directory, or use --backbone shapes (the bundled model)")
-    if offline:
-        raise UserError(f"backbone {name or repo!r} ({repo}) is not in the Hugging Face cache "
-                        f"({home}) and HF_HUB_OFFLINE is set: {how}", fix_args=fix)
-    from huggingface_hub import HfApi
-    from huggingface_hub.errors import HfHubHTTPError
-
-    try:
-        HfApi().model_info(repo, timeout=5)
-    except HfHubHTTPError:
-        return  # the hub answered (a gated or missing repo): from_pretrained says which
-    except Exception as error:  # connection refused, DNS, timeout: the hub is unreachable
-        raise UserError(f"backbone {name or repo!r} ({repo}) is not in the Hugging Face cache "
-                        f"({home}) and the hub cannot be reached ({type(error).__name__}): {how}",
-                        fix_args=fix) from None
+    check_hub(repo, f"backbone {name or repo!r}", how, probe="model_index.json", fix=fix)
 
 
 def _components(where: str, kwargs: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
