@@ -7,27 +7,28 @@ import pickle
 import sqlite3
 from pathlib import Path
 
-from tests.conftest import REPO, assert_user_error, run_cli
+from tests.conftest import REPO, assert_user_error, run_cli, run_cli_here
 
 PLUGINS = {"REFBENCH_PLUGINS": "rb_testplugin", "PYTHONPATH": str(REPO / "tests" / "plugins")}
 
 
 def _run(root: Path, *extra: str, out: Path | None = None, env=None):
+    """In this process unless an environment is asked for (imports cost seconds a process)."""
     args = ["run", "--methods", "gt_box", "--data-root", str(root), "--no-progress", *extra]
     if out is not None:
         args += ["--out", str(out)]
-    return run_cli(*args, env=env)
+    return run_cli(*args, env=env) if env else run_cli_here(*args)
 
 
 def test_missing_root_says_layout(tmp_path: Path):
-    result = run_cli("run", "--methods", "gt_box", "--dataset", "refcoco",
+    result = run_cli_here("run", "--methods", "gt_box", "--dataset", "refcoco",
                      "--data-root", str(tmp_path / "nowhere"), "--out", str(tmp_path / "o"))
     assert_user_error(result, "does not exist", "--data-root", "Data layout")
 
 
 def test_missing_refs_file_says_layout(tmp_path: Path):
     (tmp_path / "refcoco").mkdir()
-    result = run_cli("run", "--methods", "gt_box", "--dataset", "refcoco", "--data-root",
+    result = run_cli_here("run", "--methods", "gt_box", "--dataset", "refcoco", "--data-root",
                      str(tmp_path), "--out", str(tmp_path / "o"))
     assert_user_error(result, "refs(unc).p", "instances.json", "images/train2014")
 
@@ -35,7 +36,7 @@ def test_missing_refs_file_says_layout(tmp_path: Path):
 def test_unknown_dataset_split_method(shapes_root: Path, tmp_path: Path):
     assert_user_error(_run(shapes_root, "--dataset", "refcocoo", out=tmp_path), "did you mean 'refcoco'")
     assert_user_error(_run(shapes_root, "--split", "vall", out=tmp_path), "did you mean 'val'")
-    result = run_cli("run", "--methods", "full_imag", "--data-root", str(shapes_root), "--out", str(tmp_path))
+    result = run_cli_here("run", "--methods", "full_imag", "--data-root", str(shapes_root), "--out", str(tmp_path))
     assert_user_error(result, "unknown method 'full_imag'", "did you mean 'full_image'")
 
 
@@ -86,8 +87,8 @@ def test_error_midway_keeps_finished_batches(shapes_root: Path, tmp_path: Path):
 
 
 def test_argparse_errors_are_one_line():
-    assert_user_error(run_cli("run"), "--methods")
-    assert_user_error(run_cli("run", "--methods", "gt_box", "--limit", "zero"), "--limit")
+    assert_user_error(run_cli_here("run"), "--methods")
+    assert_user_error(run_cli_here("run", "--methods", "gt_box", "--limit", "zero"), "--limit")
 
 
 def test_corrupt_store_is_reported(shapes_root: Path, tmp_path: Path):
