@@ -388,3 +388,15 @@ def test_run_checks_headers_but_data_check_decodes(shapes_copy: Path):
     result = run_cli_here("data", "check", "--data-root", str(shapes_copy), "--split", "val")
     assert_user_error(result, "1 problem(s)")
     assert "cannot be decoded" in result.stdout or "cannot be read" in result.stdout
+
+
+def test_report_specs_can_skip_empty_truths_too(tmp_path: Path):
+    from refbench.report.build import settings_of
+    from refbench.report.spec import load_spec
+
+    (tmp_path / "reported.yaml").write_text((Path("leaderboards") / "reported.yaml").read_text())
+    spec = tmp_path / "spec.yaml"
+    spec.write_text(Path("leaderboards/refshapes.yaml").read_text() + "\nskip_empty_gt: true\n")
+    assert settings_of(load_spec(spec), progress=False).skip_empty_gt is True
+    spec.write_text(Path("leaderboards/refshapes.yaml").read_text())
+    assert settings_of(load_spec(spec), progress=False).skip_empty_gt is False

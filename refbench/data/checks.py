@@ -47,8 +47,8 @@ def refuse_empty(empty: Sequence[Sample], where: str) -> None:
         origin = f" ({first.origin})" if first.origin else ""
         raise UserError(f"{where}: sample {first.sample_id}{origin} has an empty ground truth"
                         f"{f' and {len(empty) - 1} more' if len(empty) > 1 else ''}: fix the "
-                        f"annotation, or pass {SKIP_EMPTY_OPTION} to leave such samples out "
-                        f"(they are counted in results.json)")
+                        f"annotation, or pass {SKIP_EMPTY_OPTION} (skip_empty_gt: true in a report "
+                        f"spec) to leave such samples out, counted in results.json")
 
 
 def check_headers(samples: Sequence[Sample], max_pixels: int = DEFAULT_MAX_PIXELS) -> Counter[str]:

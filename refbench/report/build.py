@@ -96,7 +96,8 @@ def source_of(dataset: DatasetEntry) -> DataSource:
 
 def settings_of(spec: ReportSpec, progress: bool) -> Settings:
     return Settings(seed=spec.seed, limit=spec.limit, batch_size=spec.batch_size,
-                    sweep_step=spec.sweep_step, progress=progress, protocol=spec.protocol)
+                    sweep_step=spec.sweep_step, progress=progress, protocol=spec.protocol,
+                    skip_empty_gt=spec.skip_empty_gt)
 
 
 @dataclass

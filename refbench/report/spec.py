@@ -103,6 +103,7 @@ class ReportSpec:
     protocol: Protocol = field(default_factory=Protocol)  # where IoU is taken
     compare_by: str | None = None  # paired tests also within each value of this field
     reported: list[Reported] = field(default_factory=list)  # published figures shown beside ours
+    skip_empty_gt: bool = False  # leave out samples whose ground truth is empty (counted)
 
     def method(self, label: str) -> MethodEntry:
         return _find_method(self.methods, label, "methods")
@@ -333,7 +334,8 @@ def load_spec(path: Path, limit: int | None = None, store: Path | None = None) -
         protocol=Protocol(top.get("protocol", str, "image"), top.get("protocol_size", int, 512, minimum=1)),
         reported=chosen(path.parent / REGISTRY, _text_list(top.get("reported", (list, str)),
                                                            f"{path.name}: reported")
-                        if top.data.get("reported") else [], f"{path.name}: reported"))
+                        if top.data.get("reported") else [], f"{path.name}: reported"),
+        skip_empty_gt=top.get("skip_empty_gt", bool, False))
     top.done()
     if spec.limit is not None and spec.limit < 1:
         raise UserError(f"{path.name}: limit must be positive")
