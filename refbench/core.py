@@ -403,6 +403,13 @@ def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: Da
         raise UserError(f"the {settings.protocol.name} protocol is defined for referring data; "
                         f"{source.name} is semantic segmentation: use --protocol image")
     root = source.resolved_root(host)
+    if calibration.split is not None and calibration.split not in splits:
+        available = dataset.splits()
+        if calibration.split not in available:
+            raise UserError(f"the calibration split {calibration.split!r} is not a split of "
+                            f"{source.name} ({', '.join(available)}): pass --calibration-split "
+                            f"with one of them (calibration: split: in a spec), or 'none' to "
+                            f"report every score map at --threshold")
     computed = list(dict.fromkeys([*splits, *([calibration.split] if calibration.split else [])]))
     plans = [plan_split(dataset, root, split, settings, source.name) for split in computed]
     own = progress is None

@@ -400,3 +400,11 @@ def test_report_specs_can_skip_empty_truths_too(tmp_path: Path):
     assert settings_of(load_spec(spec), progress=False).skip_empty_gt is True
     spec.write_text(Path("leaderboards/refshapes.yaml").read_text())
     assert settings_of(load_spec(spec), progress=False).skip_empty_gt is False
+
+
+def test_a_calibration_split_the_data_lacks_is_named_as_such(shapes_root: Path, tmp_path: Path):
+    """COCO-Object's split is val2017: the default calibration split, val, is not there."""
+    result = run_cli_here("run", "--methods", "gt_box", "--data-root", str(shapes_root), "--split",
+                          "testA", "--calibration-split", "val2017", "--out", str(tmp_path / "o"))
+    assert_user_error(result, "calibration split 'val2017' is not a split of refshapes",
+                      "testA, testB, train, val", "'none'")
