@@ -40,9 +40,10 @@ from refbench import checkpoint as ckpt
 from refbench.data.masks import decode
 from refbench.diffusion.attention import AttentionCapture
 from refbench.diffusion.backbone import load_backbone
+from refbench.diffusion.denoisers import Conditioning, conditioning, denoise, noised
+from refbench.diffusion.families import UNET_FAMILIES, require_family
 from refbench.diffusion.features import capture_level_features
 from refbench.diffusion.latents import latents_and_noise
-from refbench.diffusion.prompts import encode
 from refbench.errors import UserError
 from refbench.method import Batch, Prediction
 from refbench.plugins import PluginHost
@@ -52,6 +53,9 @@ SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 SHIPPED = "shipped"
 GAMMA_INIT = 1e-4
 ATTENTION_FROM = ("down_blocks", "up_blocks")  # VPD's attn_selector "up_cross+down_cross"
+# why the three variants run on the UNet families only
+FAMILY_REASON = ("VPD's decoder reads a UNet's decoder levels and its cross-attention per "
+                 "level; an MM-DiT has one grid and no decoder levels")
 
 
 @dataclass(frozen=True)
@@ -99,12 +103,13 @@ class VPDNet(nn.Module):
     """The network: backbone (private copy), text adapter and gamma, LoRA, SimpleDecoding."""
 
     def __init__(self, config: VPDConfig, adapter: bool, unet_trainable: bool, lora: bool,
-                 host: PluginHost):
+                 host: PluginHost, method: str = "vpd"):
         super().__init__()
         self.config = config
         self.backbone = load_backbone(config.backbone, config.device, config.dtype, private=True,
                                       host=host)
         bb = self.backbone
+        require_family(method, bb.family, UNET_FAMILIES, FAMILY_REASON)
         self.size = config.image_size or bb.image_size
         for part in (bb.vae, bb.text_encoder, bb.unet):
             part.requires_grad_(False)
@@ -127,7 +132,7 @@ class VPDNet(nn.Module):
         # registered as submodules so .train()/.eval() and parameter counts see every part
         self.unet, self.vae, self.text_encoder = bb.unet, bb.vae, bb.text_encoder
         self.unet_needs_grad = unet_trainable or lora or adapter
-        width = bb.text_encoder.config.hidden_size
+        width = bb.unet.config.cross_attention_dim  # the context's width (SDXL: both CLIPs')
         self.text_adapter = TextAdapter(width) if adapter else None
         self.gamma = nn.Parameter(torch.full((width,), GAMMA_INIT)) if adapter else None
         self.latent = self.size // bb.vae_scale_factor
@@ -160,14 +165,15 @@ class VPDNet(nn.Module):
         return channels[: len(self.resolutions)]
 
     # -- forward ---------------------------------------------------------------------------
-    def context(self, batch: Batch) -> torch.Tensor:
-        """The cross-attention context: T tokens, CLIP's last hidden state, the adapter."""
-        bb = self.backbone
+    def context(self, batch: Batch) -> Conditioning:
+        """The cross-attention context: T tokens as the family's pipeline encodes them (SD 1.x
+        and 2.x: CLIP's last hidden state; SDXL: both CLIPs' penultimate states, and the pooled
+        added condition), then the adapter on the tokens."""
         with torch.no_grad():
-            context = encode(bb.text_encoder, bb.tokenizer, [s.expression for s in batch.samples],
-                             max_length=self.config.token_length)
+            context = conditioning(self.backbone, [s.expression for s in batch.samples],
+                                   max_length=self.config.token_length)
         if self.text_adapter is not None:
-            context = self.text_adapter(context, self.gamma)
+            context = context.replace_tokens(self.text_adapter(context.tokens, self.gamma))
         return context
 
     def logits(self, batch: Batch) -> torch.Tensor:
@@ -178,13 +184,13 @@ class VPDNet(nn.Module):
         t = config.train_timestep if self.training else config.eval_timestep
         timestep = torch.full((len(batch),), t, dtype=torch.long, device=latents.device)
         if config.noise:
-            latents = bb.scheduler.add_noise(latents, noise, timestep)
+            latents = noised(bb, latents, noise, timestep)
         context = self.context(batch)
         grad = torch.is_grad_enabled() and self.unet_needs_grad
         with torch.set_grad_enabled(grad), \
                 self.attention.recording(keep_graph=grad and config.attn_grad) as record, \
                 capture_level_features(bb.unet, block=1) as features:
-            bb.unet(latents, timestep, encoder_hidden_states=context)
+            denoise(bb, latents, timestep, context)
         inputs = list(features)
         for r in self.attn_at:
             level = self.resolutions.index(r)
@@ -292,7 +298,7 @@ class VPD:
 
     @classmethod
     def network(cls, config: VPDConfig, host: PluginHost) -> VPDNet:
-        return VPDNet(config, cls.adapter, cls.unet_trainable, cls.lora, host)
+        return VPDNet(config, cls.adapter, cls.unet_trainable, cls.lora, host, cls.method_name)
 
     @classmethod
     def check_config(cls, config: VPDConfig) -> None:

@@ -89,6 +89,11 @@ class _UNetFamily:
         return bb.unet(latents, timestep, encoder_hidden_states=cond.tokens,
                        **({"added_cond_kwargs": added} if added else {})).sample
 
+    def finest_attention(self, bb: Backbone, latent: int) -> int:
+        """The first down level with attention (SDXL has none at the latent's own side)."""
+        level = next(i for i, block in enumerate(bb.unet.down_blocks) if getattr(block, "attentions", None))
+        return latent // 2 ** level
+
     def capture(self, bb: Backbone, cross_resolutions: Iterable[int] | None,
                 self_resolution: int | None, conditional: slice | None,
                 keep_graph: bool) -> AbstractContextManager[AttentionRecord]:
@@ -113,6 +118,9 @@ class _FlowFamily(_UNetFamily):
 
     text_first = False  # SD3 puts the image tokens first in its joint sequence, Flux the text
 
+    def finest_attention(self, bb: Backbone, latent: int) -> int:
+        return latent // 2  # Flux packs 2x2 latent cells into one token
+
     def noised(self, bb: Backbone, latents: torch.Tensor, noise: torch.Tensor,
                timestep: torch.Tensor) -> torch.Tensor:
         sigma = (timestep.to(latents.dtype) / bb.scheduler.config.num_train_timesteps).view(-1, 1, 1, 1)
@@ -128,6 +136,9 @@ class _FlowFamily(_UNetFamily):
 
 
 class _SD3Family(_FlowFamily):
+    def finest_attention(self, bb: Backbone, latent: int) -> int:
+        return latent // int(bb.transformer.config.patch_size)
+
     def _t5_tokens(self, bb: Backbone) -> int:
         return min(SD3_T5_TOKENS, int(bb.tokenizer_3.model_max_length))
 
@@ -204,6 +215,11 @@ def noised(bb: Backbone, latents: torch.Tensor, noise: torch.Tensor, timestep: t
 def denoise(bb: Backbone, latents: torch.Tensor, timestep: torch.Tensor, cond: Conditioning) -> torch.Tensor:
     """One denoiser forward on (B, C, h, w) latents; the prediction at the latents' shape."""
     return _FAMILIES[bb.family].denoise(bb, latents, timestep, cond)
+
+
+def finest_attention(bb: Backbone, latent: int) -> int:
+    """The side of the finest grid the denoiser attends at, for a latent of side ``latent``."""
+    return _FAMILIES[bb.family].finest_attention(bb, latent)
 
 
 def capture(bb: Backbone, cross_resolutions: Iterable[int] | None = None,
