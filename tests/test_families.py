@@ -1,0 +1,303 @@
+"""The later Stable Diffusion generations on their tiny presets: SD 2.x, SDXL, SD3 and Flux.
+
+Per family: loading back from a saved directory (the family read from model_index.json), the
+conditioning the family's pipeline builds, capture leaving the denoiser's output unchanged and
+giving maps of the documented shapes (for the MM-DiTs: equal to an explicit joint softmax),
+token alignment in that family's tokenizers, DiffSegmenter with its three binding variants end
+to end, F-VPD end to end on the UNet families, and a one-line refusal where a method cannot run.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from refbench.diffusion.backbone import load_backbone, load_pretrained
+from refbench.diffusion.denoisers import capture, conditioning, denoise, noised, token_layout
+from refbench.diffusion.prompts import align_layout
+from refbench.errors import UserError
+from refbench.plugins import PluginHost
+
+HOST = PluginHost()
+PRESETS = {"sd2": "tiny-sd2", "sdxl": "tiny-sdxl", "sd3": "tiny-sd3", "flux": "tiny-flux"}
+# documented in the README: grid sides of the captured cross-attention, and the text length
+GRIDS = {"sd2": [2, 4, 8, 16], "sdxl": [4, 8], "sd3": [8], "flux": [8]}
+TEXT = {"sd2": 77, "sdxl": 77, "sd3": 77 + 32, "flux": 32}
+PROMPTS = ["a red circle", "the blue aardvark left of it"]
+
+
+@pytest.fixture(scope="session", params=list(PRESETS))
+def family_backbone(request):
+    return load_backbone(PRESETS[request.param], "cpu", host=HOST)
+
+
+def _inputs(bb, seed: int = 0):
+    g = torch.Generator().manual_seed(seed)
+    side = bb.image_size // bb.vae_scale_factor
+    latents = torch.randn(2, bb.vae.config.latent_channels, side, side, generator=g)
+    noise = torch.randn(latents.shape, generator=g)
+    t = torch.tensor([100, 700])
+    with torch.no_grad():
+        cond = conditioning(bb, PROMPTS)
+    return noised(bb, latents, noise, t), t, cond
+
+
+class _Custom:
+    """A user's own processor object: capture must hand back this very object."""
+
+    def __init__(self, inner):
+        self.inner = inner
+
+    def __call__(self, *args, **kwargs):
+        return self.inner(*args, **kwargs)
+
+
+def test_capture_leaves_output_unchanged_restores_processors_and_maps_have_documented_shapes(family_backbone):
+    bb = family_backbone
+    denoiser = bb.denoiser
+    name, first = next(iter(denoiser.attn_processors.items()))
+    custom = _Custom(first)
+    denoiser.set_attn_processor({**denoiser.attn_processors, name: custom})
+    before = dict(denoiser.attn_processors)
+    latents, t, cond = _inputs(bb)
+    with torch.no_grad():
+        plain = denoise(bb, latents, t, cond)
+        finest = GRIDS[bb.family][-1]
+        with capture(bb, None, finest) as record:
+            captured = denoise(bb, latents, t, cond)
+    after = denoiser.attn_processors
+    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
+    assert after[name] is custom
+    denoiser.set_attn_processor({**after, name: first})
+    assert plain.shape == latents.shape
+    assert (plain - captured).abs().max().item() <= 1e-5
+    assert record.resolutions() == GRIDS[bb.family]
+    for side in record.resolutions():
+        maps = record.cross_maps(side)
+        assert maps.shape == (2, TEXT[bb.family], side, side)
+        total = maps.sum(1)
+        if bb.family in ("sd3", "flux"):  # the text block of a joint softmax: below 1
+            assert (total > 0).all() and (total < 1).all()
+        else:
+            assert torch.allclose(total, torch.ones_like(total), atol=1e-5)
+    assert record.self_qk and all(q.shape[2] == finest ** 2 for q, _, _ in record.self_qk)
+
+
+def test_sdxl_has_attention_only_at_the_two_inner_levels():
+    bb = load_backbone("tiny-sdxl", "cpu", host=HOST)
+    attended = [bool(getattr(block, "attentions", None)) for block in bb.unet.down_blocks]
+    assert attended == [False, True, True]
+    depths = [len(block.attentions[0].transformer_blocks) for block in bb.unet.down_blocks[1:]]
+    assert depths == [2, 2]
+
+
+def test_conditioning_is_what_each_pipeline_builds(family_backbone):
+    bb = family_backbone
+    ids = lambda tok, n=None: tok(PROMPTS, padding="max_length", max_length=n or tok.model_max_length,  # noqa: E731
+                                  truncation=True, return_tensors="pt").input_ids
+    with torch.no_grad():
+        cond = conditioning(bb, PROMPTS)
+        if bb.family == "sd2":  # the last hidden state, as StableDiffusionPipeline
+            assert torch.equal(cond.tokens, bb.text_encoder(ids(bb.tokenizer))[0]) and cond.pooled is None
+            assert bb.prediction_type == "v_prediction"
+        elif bb.family == "sdxl":  # both penultimate states side by side; the second's projection
+            a = bb.text_encoder(ids(bb.tokenizer), output_hidden_states=True).hidden_states[-2]
+            out = bb.text_encoder_2(ids(bb.tokenizer_2), output_hidden_states=True)
+            assert torch.equal(cond.tokens, torch.cat([a, out.hidden_states[-2]], -1))
+            assert torch.equal(cond.pooled, out.text_embeds)
+        elif bb.family == "sd3":  # CLIPs padded to T5's width, then T5's tokens
+            a = bb.text_encoder(ids(bb.tokenizer), output_hidden_states=True)
+            b = bb.text_encoder_2(ids(bb.tokenizer_2), output_hidden_states=True)
+            t5 = bb.text_encoder_3(ids(bb.tokenizer_3))[0]
+            clip = torch.cat([a.hidden_states[-2], b.hidden_states[-2]], -1)
+            assert cond.tokens.shape == (2, 77 + 32, 64)
+            assert torch.equal(cond.tokens[:, :77, :clip.shape[-1]], clip)
+            assert not cond.tokens[:, :77, clip.shape[-1]:].any()
+            assert torch.equal(cond.tokens[:, 77:], t5)
+            assert torch.equal(cond.pooled, torch.cat([a.text_embeds, b.text_embeds], -1))
+        else:  # flux: T5's tokens, CLIP's pooled output
+            assert torch.equal(cond.tokens, bb.text_encoder_2(ids(bb.tokenizer_2))[0])
+            assert torch.equal(cond.pooled, bb.text_encoder(ids(bb.tokenizer)).pooler_output)
+
+
+def test_flow_noise_interpolates_towards_the_noise():
+    bb = load_backbone("tiny-sd3", "cpu", host=HOST)
+    x, n = torch.ones(2, 16, 4, 4), torch.zeros(2, 16, 4, 4)
+    out = noised(bb, x, n, torch.tensor([0, 250]))
+    assert torch.equal(out[0], x[0]) and torch.allclose(out[1], torch.full_like(x[1], 0.75))
+
+
+def test_token_alignment_finds_the_referents_pieces_in_each_tokenizer(family_backbone):
+    bb = family_backbone
+    prompt = "a photograph of the blue aardvark"
+    layout = token_layout(bb)
+    alignment = align_layout(layout, prompt)
+    start = prompt.index("aardvark")
+    positions = alignment.positions(start, start + len("aardvark"))
+    for segment in layout:
+        ids = segment.tokenizer(prompt).input_ids
+        mine = [p - segment.offset for p in positions if segment.offset <= p < segment.offset + segment.length]
+        assert len(mine) > 1  # a rare word: several pieces in every tokenizer
+        assert segment.tokenizer.decode([ids[p] for p in mine]).strip() == "aardvark"
+    assert [s.offset for s in layout] == ([0, 77] if bb.family == "sd3" else [0])
+
+
+def _plain_joint_probabilities(bb, latents, t, cond):
+    """Every joint layer's softmax computed explicitly by a processor written here (its output
+    checked against the model's), image rows x text columns, head- and layer-averaged."""
+    from diffusers.models.embeddings import apply_rotary_emb
+
+    text_first, maps = bb.family == "flux", []
+    n_text = cond.tokens.shape[1]
+
+    def norm(layer, x):
+        return x if layer is None else layer(x)
+
+    def heads(x, attn):
+        return x.view(x.shape[0], x.shape[1], attn.heads, -1).transpose(1, 2)
+
+    class Plain:
+        def __call__(self, attn, hidden_states, encoder_hidden_states=None, attention_mask=None,
+                     image_rotary_emb=None, **kwargs):
+            q, k, v = (heads(f(hidden_states), attn) for f in (attn.to_q, attn.to_k, attn.to_v))
+            q, k = norm(attn.norm_q, q), norm(attn.norm_k, k)
+            if encoder_hidden_states is not None:
+                e = encoder_hidden_states
+                eq, ek, ev = (heads(f(e), attn) for f in (attn.add_q_proj, attn.add_k_proj, attn.add_v_proj))
+                eq, ek = norm(attn.norm_added_q, eq), norm(attn.norm_added_k, ek)
+                order = (lambda a, b: torch.cat([b, a], 2)) if text_first else (lambda a, b: torch.cat([a, b], 2))
+                q, k, v = order(q, eq), order(k, ek), order(v, ev)
+            if image_rotary_emb is not None:
+                q, k = apply_rotary_emb(q, image_rotary_emb), apply_rotary_emb(k, image_rotary_emb)
+            probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
+            total = q.shape[2]
+            image = slice(n_text, total) if text_first else slice(0, total - n_text)
+            text = slice(0, n_text) if text_first else slice(total - n_text, total)
+            maps.append(probs[:, :, image, text].mean(1))
+            out = (probs @ v).transpose(1, 2).reshape(q.shape[0], total, -1)
+            if encoder_hidden_states is None:
+                return out
+            if text_first:
+                context, image_out = out[:, :n_text], out[:, n_text:]
+            else:
+                image_out, context = out[:, :total - n_text], out[:, total - n_text:]
+            image_out = attn.to_out[1](attn.to_out[0](image_out))
+            if not getattr(attn, "context_pre_only", False):
+                context = attn.to_add_out(context)
+            return image_out, context
+
+    original = bb.transformer.attn_processors
+    bb.transformer.set_attn_processor(Plain())
+    try:
+        with torch.no_grad():
+            out = denoise(bb, latents, t, cond)
+    finally:
+        bb.transformer.set_attn_processor(original)
+    return out, torch.stack(maps).mean(0)
+
+
+@pytest.mark.parametrize("name", ["tiny-sd3", "tiny-flux"])
+def test_joint_maps_equal_an_explicit_joint_softmax(name):
+    bb = load_backbone(name, "cpu", host=HOST)
+    latents, t, cond = _inputs(bb)
+    with torch.no_grad():
+        model_out = denoise(bb, latents, t, cond)
+        with capture(bb) as record:
+            denoise(bb, latents, t, cond)
+    plain_out, plain_maps = _plain_joint_probabilities(bb, latents, t, cond)
+    assert (plain_out - model_out).abs().max() < 1e-4  # the plain processor is the model's attention
+    side = record.resolutions()[0]
+    captured = record.cross_maps(side).flatten(2).transpose(1, 2)  # (B, N, T)
+    assert (captured - plain_maps).abs().max() < 1e-5
+
+
+def test_save_and_load_back_detects_the_family(family_backbone, tmp_path: Path):
+    bb = family_backbone
+    bb.save(tmp_path / "model")
+    index = json.loads((tmp_path / "model" / "model_index.json").read_text())
+    index.pop("_refbench_family")  # as a hub snapshot has it: the pipeline class tells
+    (tmp_path / "model" / "model_index.json").write_text(json.dumps(index))
+    loaded = load_pretrained(str(tmp_path / "model"), torch.device("cpu"), torch.float32)
+    assert loaded.family == bb.family and loaded.image_size == bb.image_size
+    latents, t, cond = _inputs(bb)
+    with torch.no_grad():
+        again = conditioning(loaded, PROMPTS)
+        assert torch.equal(again.tokens, cond.tokens)
+        assert torch.equal(denoise(loaded, latents, t, again), denoise(bb, latents, t, cond))
+
+
+@pytest.fixture(scope="module")
+def family_batch(shapes_root: Path):
+    from refbench.data.images import load_rgb
+    from refbench.data.refer import ReferDataset
+    from refbench.method import Batch, sample_seed
+
+    from dataclasses import replace
+
+    samples = ReferDataset(shapes_root, "refshapes").samples("val")[:2]
+    samples = [replace(s, expression=e) for s, e in zip(samples, ["the red circle", "the square"])]
+    return Batch(samples, [load_rgb(s.image_path) for s in samples],
+                 [sample_seed(0, s.sample_id) for s in samples])
+
+
+def test_diffsegmenter_and_its_binding_variants_run(family_backbone, family_batch):
+    from methods.diffsegmenter.model import (BindingConfig, DiffSegmenter, DiffSegmenterAB,
+                                             DiffSegmenterConfig, DiffSegmenterNCR, DiffSegmenterUEA)
+
+    name = PRESETS[family_backbone.family]
+    settings = dict(backbone=name, device="cpu")
+    methods = {"base": DiffSegmenter(DiffSegmenterConfig(**settings), host=HOST),
+               "ncr": DiffSegmenterNCR(BindingConfig(**settings), host=HOST),
+               "uea": DiffSegmenterUEA(BindingConfig(**settings, alpha=0.5), host=HOST),
+               "ab": DiffSegmenterAB(BindingConfig(**settings, alpha=0.5), host=HOST)}
+    out = {k: m.predict(family_batch) for k, m in methods.items()}
+    for preds in out.values():
+        for sample, pred in zip(family_batch.samples, preds):
+            assert pred.scores.shape == (sample.height, sample.width)
+            assert pred.scores.min() == 0.0 and pred.scores.max() == 1.0
+    assert [p.info.get("binding_applied", 0) for p in out["ab"]] == [1, 0]
+    for variant in ("ncr", "uea", "ab"):  # binding moves the maps of an expression with modifiers
+        assert not np.allclose(out[variant][0].scores, out["base"][0].scores)
+        assert np.array_equal(out[variant][1].scores, out["base"][1].scores)  # a bare noun: none
+
+
+@pytest.mark.parametrize("name", ["tiny-sd2", "tiny-sdxl"])
+def test_f_vpd_trains_saves_and_predicts_on_the_unet_families(name, family_batch, tmp_path: Path):
+    from methods.vpd.model import FrozenVPD, VPDConfig
+    from refbench import checkpoint as ckpt
+
+    torch.manual_seed(0)
+    config = VPDConfig(backbone=name, device="cpu", token_length=8)
+    net = FrozenVPD.network(config, HOST)
+    optimizer = torch.optim.AdamW(net.parameter_groups(0.0), lr=1e-3)
+    losses = []
+    for _ in range(3):
+        loss = net.loss(family_batch)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]
+    assert all(p.grad is None for p in net.unet.parameters())
+    path = ckpt.save(tmp_path / "f.safetensors", net.checkpoint_state(),
+                     {"method": "f_vpd", "backbone": net.backbone.fingerprint})
+    method = FrozenVPD(VPDConfig(backbone=name, device="cpu", token_length=8, checkpoint=str(path)), host=HOST)
+    for a, b in zip(net.predict(family_batch), method.predict(family_batch)):
+        assert np.array_equal(a.scores, b.scores) and 0 <= a.scores.min() <= a.scores.max() <= 1
+
+
+@pytest.mark.parametrize("method", ["vpd", "lora_vpd", "f_vpd"])
+def test_vpd_refuses_an_mm_dit_in_one_line(method):
+    from methods.vpd.model import FrozenVPD, LoRAVPD, LoRAVPDConfig, VPD, VPDConfig
+
+    cls, config = {"vpd": (VPD, VPDConfig), "lora_vpd": (LoRAVPD, LoRAVPDConfig),
+                   "f_vpd": (FrozenVPD, VPDConfig)}[method]
+    with pytest.raises(UserError) as error:
+        cls.network(config(backbone="tiny-flux", device="cpu"), HOST)
+    message = str(error.value)
+    assert "\n" not in message and f"{method} does not run on a flux backbone" in message
+    assert "sd1, sd2, sdxl" in message
