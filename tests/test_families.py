@@ -301,3 +301,21 @@ def test_vpd_refuses_an_mm_dit_in_one_line(method):
     message = str(error.value)
     assert "\n" not in message and f"{method} does not run on a flux backbone" in message
     assert "sd1, sd2, sdxl" in message
+
+
+@pytest.mark.slow
+def test_diffsegmenter_on_an_mm_dit_through_the_cli(shapes_root: Path, tmp_path: Path):
+    from tests.conftest import run_cli
+
+    result = run_cli("run", "--methods", "diffsegmenter", "--data-root", str(shapes_root),
+                     "--set", "diffsegmenter.backbone=tiny-sd3", "--set", "diffsegmenter.device=cpu",
+                     "--limit", "3", "--out", str(tmp_path), "--no-progress")
+    assert result.returncode == 0, result.stderr
+    entry = json.loads((tmp_path / "results.json").read_text())["results"]["diffsegmenter"]
+    assert entry["n"] == 3 and entry["config"]["backbone"] == "tiny-sd3" and len(entry["sweep"]) == 19
+    refused = run_cli("run", "--methods", "f_vpd", "--data-root", str(shapes_root), "--set",
+                      "f_vpd.backbone=tiny-flux", "--set", "f_vpd.checkpoint=x.safetensors",
+                      "--limit", "1", "--out", str(tmp_path / "f"), "--no-progress")
+    from tests.conftest import assert_user_error
+
+    assert_user_error(refused, "f_vpd does not run on a flux backbone", "sd1, sd2, sdxl")

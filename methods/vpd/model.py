@@ -314,6 +314,9 @@ class VPD:
 
     def __init__(self, config: VPDConfig, *, host: PluginHost):
         self.check_config(config)
+        # the family first: a checkpoint cannot make an MM-DiT fit (the shared copy, no reload)
+        shared = load_backbone(config.backbone, config.device, config.dtype, host=host)
+        require_family(self.method_name, shared.family, UNET_FAMILIES, FAMILY_REASON)
         if config.checkpoint == SHIPPED:
             config = dataclasses.replace(config, checkpoint=str(shipped_checkpoint(
                 self.method_name, config.backbone)))
