@@ -56,23 +56,27 @@ class _Custom:
         return self.inner(*args, **kwargs)
 
 
+def _layers(denoiser) -> list:
+    """Every attention module (diffusers 0.30's Flux model has no ``attn_processors``)."""
+    return [m for m in denoiser.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+
+
 def test_capture_leaves_output_unchanged_restores_processors_and_maps_have_documented_shapes(family_backbone):
     bb = family_backbone
-    denoiser = bb.denoiser
-    name, first = next(iter(denoiser.attn_processors.items()))
+    layers = _layers(bb.denoiser)
+    first = layers[0].processor
     custom = _Custom(first)
-    denoiser.set_attn_processor({**denoiser.attn_processors, name: custom})
-    before = dict(denoiser.attn_processors)
+    layers[0].set_processor(custom)
+    before = [layer.processor for layer in layers]
     latents, t, cond = _inputs(bb)
     with torch.no_grad():
         plain = denoise(bb, latents, t, cond)
         finest = GRIDS[bb.family][-1]
         with capture(bb, None, finest) as record:
             captured = denoise(bb, latents, t, cond)
-    after = denoiser.attn_processors
-    assert after.keys() == before.keys() and all(after[k] is before[k] for k in before)
-    assert after[name] is custom
-    denoiser.set_attn_processor({**after, name: first})
+    after = [layer.processor for layer in layers]
+    assert all(a is b for a, b in zip(after, before)) and after[0] is custom
+    layers[0].set_processor(first)
     assert plain.shape == latents.shape
     assert (plain - captured).abs().max().item() <= 1e-5
     assert record.resolutions() == GRIDS[bb.family]
@@ -149,7 +153,7 @@ def test_token_alignment_finds_the_referents_pieces_in_each_tokenizer(family_bac
 def _plain_joint_probabilities(bb, latents, t, cond):
     """Every joint layer's softmax computed explicitly by a processor written here (its output
     checked against the model's), image rows x text columns, head- and layer-averaged."""
-    from diffusers.models.embeddings import apply_rotary_emb
+    from refbench.diffusion.joint_attention import _rotate as rotate
 
     text_first, maps = bb.family == "flux", []
     n_text = cond.tokens.shape[1]
@@ -171,8 +175,8 @@ def _plain_joint_probabilities(bb, latents, t, cond):
                 eq, ek = norm(attn.norm_added_q, eq), norm(attn.norm_added_k, ek)
                 order = (lambda a, b: torch.cat([b, a], 2)) if text_first else (lambda a, b: torch.cat([a, b], 2))
                 q, k, v = order(q, eq), order(k, ek), order(v, ev)
-            if image_rotary_emb is not None:
-                q, k = apply_rotary_emb(q, image_rotary_emb), apply_rotary_emb(k, image_rotary_emb)
+            if image_rotary_emb is not None:  # diffusers' own rotation, as its processors apply it
+                q, k = rotate(q, k, image_rotary_emb)
             probs = torch.softmax(q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5, dim=-1)
             total = q.shape[2]
             image = slice(n_text, total) if text_first else slice(0, total - n_text)
@@ -190,13 +194,16 @@ def _plain_joint_probabilities(bb, latents, t, cond):
                 context = attn.to_add_out(context)
             return image_out, context
 
-    original = bb.transformer.attn_processors
-    bb.transformer.set_attn_processor(Plain())
+    layers = _layers(bb.transformer)
+    original = [layer.processor for layer in layers]
+    for layer in layers:
+        layer.set_processor(Plain())
     try:
         with torch.no_grad():
             out = denoise(bb, latents, t, cond)
     finally:
-        bb.transformer.set_attn_processor(original)
+        for layer, processor in zip(layers, original):
+            layer.set_processor(processor)
     return out, torch.stack(maps).mean(0)
 
 

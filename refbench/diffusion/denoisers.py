@@ -185,10 +185,22 @@ class _FluxFamily(_FlowFamily):
         text_ids = torch.zeros(cond.tokens.shape[1], 3, device=latents.device, dtype=latents.dtype)
         guidance = (torch.full((b,), FLUX_GUIDANCE, device=latents.device, dtype=torch.float32)
                     if bb.transformer.config.guidance_embeds else None)
+        image_ids, text_ids = image_ids.reshape(-1, 3), text_ids
+        if _batched_position_ids():
+            image_ids, text_ids = image_ids[None].expand(b, -1, -1), text_ids[None].expand(b, -1, -1)
         out = bb.transformer(hidden_states=packed, encoder_hidden_states=cond.tokens,
                              pooled_projections=cond.pooled, timestep=timestep.to(latents.dtype) / 1000,
-                             img_ids=image_ids.reshape(-1, 3), txt_ids=text_ids, guidance=guidance).sample
+                             img_ids=image_ids, txt_ids=text_ids, guidance=guidance).sample
         return out.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def _batched_position_ids() -> bool:
+    """diffusers before 0.31 takes Flux's position ids with a batch axis (B, S, 3); later
+    versions take (S, 3) and warn about the batched form."""
+    import diffusers
+    from packaging.version import Version
+
+    return Version(diffusers.__version__).release < (0, 31)
 
 
 _FAMILIES = {"sd1": _UNetFamily(), "sd2": _UNetFamily(), "sdxl": _SDXLFamily(),

@@ -17,12 +17,14 @@ takes from each layer, as Seg4Diff and ConceptAttention read these models:
 The processor installed here leaves the layer's output to the processor it replaces (which it
 calls unchanged: outputs are exactly the model's), recomputes the queries and keys with the
 layer's own projections and norms, and computes the probabilities itself, one head at a time so
-a 4096-token Flux layer never holds every head's matrix. Every original processor, custom ones
-included, is restored on exit.
+a 4096-token Flux layer never holds every head's matrix. Processors are swapped layer by layer
+(``set_processor`` on each attention module: diffusers 0.30's Flux model has no
+``set_attn_processor``), and every original, custom ones included, is restored on exit.
 """
 
 from __future__ import annotations
 
+import inspect
 import math
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
@@ -68,6 +70,18 @@ def _queries_keys(attn: Any, hidden: torch.Tensor, added: bool) -> tuple[torch.T
             _norm(getattr(attn, "norm_k", None), _heads(k, attn.heads)))
 
 
+def _rotate(q: torch.Tensor, k: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
+    """Flux's rotary positions as the installed diffusers applies them: a (cos, sin) pair since
+    0.31, one stacked rotation tensor (``apply_rope``) before."""
+    if isinstance(rotary, tuple):
+        from diffusers.models.embeddings import apply_rotary_emb
+
+        return apply_rotary_emb(q, rotary), apply_rotary_emb(k, rotary)
+    from diffusers.models.attention_processor import apply_rope  # diffusers < 0.31
+
+    return apply_rope(q, k, rotary)
+
+
 def _image_text_probabilities(q_image: torch.Tensor, keys: torch.Tensor, text: slice,
                               scale: float) -> torch.Tensor:
     """Head-averaged softmax(q K^T * scale) of the image queries over all keys, at the text
@@ -80,6 +94,10 @@ def _image_text_probabilities(q_image: torch.Tensor, keys: torch.Tensor, text: s
     return total / q_image.shape[1]
 
 
+def _parameters(processor: Any) -> set[str]:
+    return set(inspect.signature(processor.__call__).parameters)
+
+
 class JointCaptureProcessor:
     """Wraps a layer's own processor: its output is the original's; the maps are recorded."""
 
@@ -90,13 +108,17 @@ class JointCaptureProcessor:
 
     def __call__(self, attn: Any, hidden_states: torch.Tensor,
                  encoder_hidden_states: torch.Tensor | None = None,
-                 attention_mask: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, *args: Any,
                  image_rotary_emb: Any = None, **kwargs: Any) -> Any:
-        if image_rotary_emb is not None:
+        # The original gets exactly what its layer would hand it: diffusers >= 0.31 passes Flux's
+        # rotary positions positionally (in ``args``); earlier versions by keyword, and only to a
+        # processor whose signature names them, so the keyword is passed on only in that case.
+        if image_rotary_emb is not None and "image_rotary_emb" in _parameters(self.original):
             kwargs["image_rotary_emb"] = image_rotary_emb
-        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, **kwargs)
+        out = self.original(attn, hidden_states, encoder_hidden_states, attention_mask, *args, **kwargs)
+        rotary = args[0] if args else kwargs.get("image_rotary_emb")
         with torch.set_grad_enabled(torch.is_grad_enabled() and self.record.keep_graph):
-            self._record(attn, hidden_states, encoder_hidden_states, image_rotary_emb)
+            self._record(attn, hidden_states, encoder_hidden_states, rotary)
         return out
 
     def _record(self, attn: Any, hidden: torch.Tensor, context: torch.Tensor | None,
@@ -116,9 +138,7 @@ class JointCaptureProcessor:
         else:  # SD3's image-only attention (SD3.5's attn2, single blocks): no text keys
             n_text = 0
         if rotary is not None:
-            from diffusers.models.embeddings import apply_rotary_emb
-
-            q, k = apply_rotary_emb(q, rotary), apply_rotary_emb(k, rotary)
+            q, k = _rotate(q, k, rotary)
         total = q.shape[2]
         image = slice(n_text, total) if self.text_first else slice(0, total - n_text)
         text = slice(0, n_text) if self.text_first else slice(total - n_text, total)
@@ -141,12 +161,14 @@ def capture_joint_attention(transformer: Any, text_first: bool,
 
     ``cross_resolutions`` / ``self_resolution`` are grid sides (a DiT has one: the latent side
     over the patch size); ``conditional`` selects batch rows as in ``capture_attention``."""
-    original = transformer.attn_processors
+    layers = [m for m in transformer.modules() if hasattr(m, "set_processor") and hasattr(m, "processor")]
+    original = [layer.processor for layer in layers]
     record = JointRecord(frozenset(cross_resolutions) if cross_resolutions is not None else None,
                          self_resolution, conditional, keep_graph)
     try:
-        transformer.set_attn_processor({name: JointCaptureProcessor(processor, record, text_first)
-                                        for name, processor in original.items()})
+        for layer, processor in zip(layers, original):
+            layer.set_processor(JointCaptureProcessor(processor, record, text_first))
         yield record
     finally:
-        transformer.set_attn_processor(original)
+        for layer, processor in zip(layers, original):
+            layer.set_processor(processor)
