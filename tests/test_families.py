@@ -272,8 +272,8 @@ def test_diffsegmenter_and_its_binding_variants_run(family_backbone, family_batc
         assert np.array_equal(out[variant][1].scores, out["base"][1].scores)  # a bare noun: none
 
 
-@pytest.mark.parametrize("name", ["tiny-sd2", "tiny-sdxl"])
-def test_f_vpd_trains_saves_and_predicts_on_the_unet_families(name, family_batch, tmp_path: Path):
+@pytest.mark.parametrize("name", ["tiny-sd2", "tiny-sdxl", "tiny-sd3", "tiny-flux"])
+def test_f_vpd_trains_saves_and_predicts(name, family_batch, tmp_path: Path):
     from methods.vpd.model import FrozenVPD, VPDConfig
     from refbench import checkpoint as ckpt
 
@@ -289,7 +289,8 @@ def test_f_vpd_trains_saves_and_predicts_on_the_unet_families(name, family_batch
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < losses[0]
-    assert all(p.grad is None for p in net.unet.parameters())
+    assert all(p.grad is None for p in net.backbone.denoiser.parameters())
+    assert set(net.checkpoint_state()) == {k for k in net.state_dict() if k.startswith("classifier.")}
     path = ckpt.save(tmp_path / "f.safetensors", net.checkpoint_state(),
                      {"method": "f_vpd", "backbone": net.backbone.fingerprint})
     method = FrozenVPD(VPDConfig(backbone=name, device="cpu", token_length=8, checkpoint=str(path)), host=HOST)
@@ -297,12 +298,11 @@ def test_f_vpd_trains_saves_and_predicts_on_the_unet_families(name, family_batch
         assert np.array_equal(a.scores, b.scores) and 0 <= a.scores.min() <= a.scores.max() <= 1
 
 
-@pytest.mark.parametrize("method", ["vpd", "lora_vpd", "f_vpd"])
-def test_vpd_refuses_an_mm_dit_in_one_line(method):
-    from methods.vpd.model import FrozenVPD, LoRAVPD, LoRAVPDConfig, VPD, VPDConfig
+@pytest.mark.parametrize("method", ["vpd", "lora_vpd"])
+def test_vpd_and_lora_vpd_refuse_an_mm_dit_in_one_line(method):
+    from methods.vpd.model import LoRAVPD, LoRAVPDConfig, VPD, VPDConfig
 
-    cls, config = {"vpd": (VPD, VPDConfig), "lora_vpd": (LoRAVPD, LoRAVPDConfig),
-                   "f_vpd": (FrozenVPD, VPDConfig)}[method]
+    cls, config = {"vpd": (VPD, VPDConfig), "lora_vpd": (LoRAVPD, LoRAVPDConfig)}[method]
     with pytest.raises(UserError) as error:
         cls.network(config(backbone="tiny-flux", device="cpu"), HOST)
     message = str(error.value)
@@ -320,9 +320,9 @@ def test_diffsegmenter_on_an_mm_dit_through_the_cli(shapes_root: Path, tmp_path:
     assert result.returncode == 0, result.stderr
     entry = json.loads((tmp_path / "results.json").read_text())["results"]["diffsegmenter"]
     assert entry["n"] == 3 and entry["config"]["backbone"] == "tiny-sd3" and len(entry["sweep"]) == 19
-    refused = run_cli("run", "--methods", "f_vpd", "--data-root", str(shapes_root), "--set",
-                      "f_vpd.backbone=tiny-flux", "--set", "f_vpd.checkpoint=x.safetensors",
+    refused = run_cli("run", "--methods", "vpd", "--data-root", str(shapes_root), "--set",
+                      "vpd.backbone=tiny-flux", "--set", "vpd.checkpoint=x.safetensors",
                       "--limit", "1", "--out", str(tmp_path / "f"), "--no-progress")
     from tests.conftest import assert_user_error
 
-    assert_user_error(refused, "f_vpd does not run on a flux backbone", "sd1, sd2, sdxl")
+    assert_user_error(refused, "vpd does not run on a flux backbone", "sd1, sd2, sdxl")
