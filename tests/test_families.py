@@ -326,3 +326,26 @@ def test_diffsegmenter_on_an_mm_dit_through_the_cli(shapes_root: Path, tmp_path:
     from tests.conftest import assert_user_error
 
     assert_user_error(refused, "vpd does not run on a flux backbone", "sd1, sd2, sdxl")
+
+
+def test_ls_shows_each_backbones_family(capsys):
+    import argparse
+
+    from refbench.cli.listing import ls
+
+    ls(argparse.Namespace(what="backbones", params=False, backbone=None, strict_plugins=False))
+    rows = {line.split()[0]: line for line in capsys.readouterr().out.splitlines()[1:] if line.startswith("  ")}
+    for name, family in [("sd15", "sd1"), ("tiny", "sd1"), *((v, k) for k, v in PRESETS.items())]:
+        assert f"family {family} " in rows[name], rows[name]
+
+
+@pytest.mark.slow
+def test_ls_params_shows_no_counts_where_a_method_cannot_run(capsys):
+    import argparse
+
+    from refbench.cli.listing import ls
+
+    ls(argparse.Namespace(what="methods", params=True, backbone="tiny-flux", strict_plugins=False))
+    rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
+    assert rows["vpd"][2:4] == ["-", "-"] and rows["lora_vpd"][2:4] == ["-", "-"]
+    assert rows["f_vpd"][2] != "-" and int(rows["f_vpd"][3].replace(",", "")) > 0

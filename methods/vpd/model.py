@@ -117,6 +117,9 @@ class VPDNet(nn.Module):
         self.latent = self.size // bb.vae_scale_factor
         self.unet_needs_grad = unet_trainable or lora or adapter
         self.lora, self.text_adapter, self.gamma, self.unet = lora, None, None, None
+        # the other text encoders (SDXL, SD3, Flux): registered so that counts and eval() see them
+        self.more_text_encoders = nn.ModuleList(
+            [getattr(bb, part) for part in ("text_encoder_2", "text_encoder_3") if getattr(bb, part) is not None])
         self.dit = None
         if bb.family in DIT_FAMILIES:  # frozen, no adapter (F-VPD): see methods/vpd/dit.py
             from methods.vpd.dit import DiTFeatures
@@ -230,6 +233,7 @@ class VPDNet(nn.Module):
         super().train(mode)
         self.vae.eval()
         self.text_encoder.eval()
+        self.more_text_encoders.eval()
         if self.dit is not None:  # F-VPD's frozen transformer
             self.transformer.eval()
         return self

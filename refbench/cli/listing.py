@@ -59,9 +59,13 @@ def ls(args: argparse.Namespace) -> int:
 
 
 def _parameter_column(host: Any, spec: Any, args: argparse.Namespace) -> str:
+    from refbench.diffusion.families import FamilyError
     from refbench.params import parameter_counts
 
-    counts = parameter_counts(host, spec, args.backbone)
+    try:
+        counts = parameter_counts(host, spec, args.backbone)
+    except FamilyError:  # the method does not run on this backbone's family
+        counts = None
     if counts is None:
         return f"{'-':>14} {'-':>14}  "
     total, trainable = counts

@@ -77,8 +77,13 @@ def detect_family(index: Mapping[str, Any], unet_config: Mapping[str, Any] | Non
     return "sd1"
 
 
+class FamilyError(UserError):
+    """A method asked to run on a family it does not support (``refbench ls methods --params``
+    shows such a pair as "-" instead of stopping)."""
+
+
 def require_family(method: str, family: str, supported: Sequence[str], why: str) -> None:
     """A one-line refusal naming the family, the supported ones and why."""
     if family not in supported:
-        raise UserError(f"{method} does not run on a {family} backbone ({why}): pick a backbone "
+        raise FamilyError(f"{method} does not run on a {family} backbone ({why}): pick a backbone "
                         f"of family {', '.join(supported)} (refbench ls backbones shows each family)")
