@@ -278,7 +278,7 @@ def test_f_vpd_trains_saves_and_predicts(name, family_batch, tmp_path: Path):
     from refbench import checkpoint as ckpt
 
     torch.manual_seed(0)
-    config = VPDConfig(backbone=name, device="cpu", token_length=8)
+    config = VPDConfig(backbone=name, device="cpu", token_length=8, image_size=64)
     net = FrozenVPD.network(config, HOST)
     optimizer = torch.optim.AdamW(net.parameter_groups(0.0), lr=1e-3)
     losses = []
@@ -293,7 +293,8 @@ def test_f_vpd_trains_saves_and_predicts(name, family_batch, tmp_path: Path):
     assert set(net.checkpoint_state()) == {k for k in net.state_dict() if k.startswith("classifier.")}
     path = ckpt.save(tmp_path / "f.safetensors", net.checkpoint_state(),
                      {"method": "f_vpd", "backbone": net.backbone.fingerprint})
-    method = FrozenVPD(VPDConfig(backbone=name, device="cpu", token_length=8, checkpoint=str(path)), host=HOST)
+    method = FrozenVPD(VPDConfig(backbone=name, device="cpu", token_length=8, image_size=64,
+                                        checkpoint=str(path)), host=HOST)
     for a, b in zip(net.predict(family_batch), method.predict(family_batch)):
         assert np.array_equal(a.scores, b.scores) and 0 <= a.scores.min() <= a.scores.max() <= 1
 
