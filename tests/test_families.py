@@ -350,3 +350,16 @@ def test_ls_params_shows_no_counts_where_a_method_cannot_run(capsys):
     rows = {line.split()[0]: line.split() for line in capsys.readouterr().out.splitlines() if line.startswith("  ")}
     assert rows["vpd"][2:4] == ["-", "-"] and rows["lora_vpd"][2:4] == ["-", "-"]
     assert rows["f_vpd"][2] != "-" and int(rows["f_vpd"][3].replace(",", "")) > 0
+
+
+def test_a_word_cut_off_by_t5_is_lost_and_stays_in_t5s_slots():
+    bb = load_backbone("tiny-sd3", "cpu", host=HOST)
+    prompt = "the " + "big " * 30 + "red circle"  # 34 T5 tokens with </s>: over the tiny T5 context (32)
+    alignment = align_layout(token_layout(bb), prompt)
+    start = prompt.index("circle")
+    clip, t5 = [p for p in alignment.positions(start, start + 6) if p < 77], \
+        [p for p in alignment.positions(start, start + 6) if p >= 77]
+    assert clip == [33] and not alignment.lost(clip)  # BOS and the 32 words before it
+    assert t5 == [77 + 31] and alignment.lost(t5)  # T5's last slot (its </s>): cut off
+    assert alignment.truncated and alignment.lost(clip + t5)
+    assert alignment.lost_words()[-2:] == ["red", "circle"]

@@ -111,8 +111,7 @@ class JointAlignment:
 
     @property
     def word_positions(self) -> tuple[tuple[int, ...], ...]:
-        return tuple(tuple(sorted(p + seg.offset for a, seg in self.parts for p in a.word_positions[i]))
-                     for i in range(len(self.word_spans)))
+        return tuple(tuple(self.positions(*span)) for span in self.word_spans)
 
     def _first_truncated(self) -> TokenAlignment:
         return next((a for a, _ in self.parts if a.truncated), self.parts[0][0])
@@ -135,7 +134,10 @@ class JointAlignment:
         return segment.offset + alignment.last_kept_position
 
     def positions(self, start: int, end: int) -> list[int]:
-        return sorted(p + seg.offset for a, seg in self.parts for p in a.positions(start, end))
+        """A piece cut off by its encoder's length is placed at that segment's last slot (its
+        EOS), where ``lost`` reports it, so it never lands in the next segment."""
+        return sorted(seg.offset + min(p, seg.length - 1)
+                      for a, seg in self.parts for p in a.positions(start, end))
 
     def lost(self, positions: list[int]) -> bool:
         return any(seg.offset <= p < seg.offset + seg.length and a.lost([p - seg.offset])
