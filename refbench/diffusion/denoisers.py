@@ -67,14 +67,34 @@ def _penultimate(text_encoder: Any, tokenizer: Any, prompts: list[str],
     return out.hidden_states[-2], out[0]
 
 
-class _UNetFamily:
-    """SD 1.x and 2.x."""
+class _Family:
+    """What every family answers; the text recipe here is SD 1.x's and 2.x's (one CLIP)."""
 
     def conditioning(self, bb: Backbone, prompts: list[str], max_length: int | None) -> Conditioning:
         return Conditioning(encode(bb.text_encoder, bb.tokenizer, prompts, max_length))
 
     def token_layout(self, bb: Backbone, max_length: int | None) -> tuple[TokenSegment, ...]:
         return (TokenSegment(bb.tokenizer, 0, max_length or bb.tokenizer.model_max_length),)
+
+    def noised(self, bb: Backbone, latents: torch.Tensor, noise: torch.Tensor,
+               timestep: torch.Tensor) -> torch.Tensor:
+        raise NotImplementedError
+
+    def denoise(self, bb: Backbone, latents: torch.Tensor, timestep: torch.Tensor,
+                cond: Conditioning) -> torch.Tensor:
+        raise NotImplementedError
+
+    def finest_attention(self, bb: Backbone, latent: int) -> int:
+        raise NotImplementedError
+
+    def capture(self, bb: Backbone, cross_resolutions: Iterable[int] | None,
+                self_resolution: int | None, conditional: slice | None,
+                keep_graph: bool) -> AbstractContextManager[AttentionRecord]:
+        raise NotImplementedError
+
+
+class _UNetFamily(_Family):
+    """SD 1.x and 2.x (SDXL adds to it)."""
 
     def noised(self, bb: Backbone, latents: torch.Tensor, noise: torch.Tensor,
                timestep: torch.Tensor) -> torch.Tensor:
@@ -113,7 +133,7 @@ class _SDXLFamily(_UNetFamily):
         return {"text_embeds": cond.pooled, "time_ids": time_ids}
 
 
-class _FlowFamily(_UNetFamily):
+class _FlowFamily(_Family):
     """The MM-DiT families: flow matching, joint attention."""
 
     text_first = False  # SD3 puts the image tokens first in its joint sequence, Flux the text
@@ -203,7 +223,7 @@ def _batched_position_ids() -> bool:
     return Version(diffusers.__version__).release < (0, 31)
 
 
-_FAMILIES = {"sd1": _UNetFamily(), "sd2": _UNetFamily(), "sdxl": _SDXLFamily(),
+_FAMILIES: dict[str, _Family] = {"sd1": _UNetFamily(), "sd2": _UNetFamily(), "sdxl": _SDXLFamily(),
              "sd3": _SD3Family(), "flux": _FluxFamily()}
 
 
