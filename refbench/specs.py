@@ -75,3 +75,4 @@ class BackboneSpec:
     options: dict[str, Any] = field(default_factory=dict)
     plugin: str = field(default="", compare=False)
     recommended: dict[str, dict[str, Any]] = field(default_factory=dict, compare=False)
+    family: str = "sd1"  # refbench.diffusion.families: sd1, sd2, sdxl, sd3 or flux

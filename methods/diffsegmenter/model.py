@@ -33,11 +33,14 @@ import torch
 import torch.nn.functional as F
 
 from refbench.data.sample import Sample
-from refbench.diffusion.attention import AttentionRecord, capture_attention
+from refbench.diffusion.attention import AttentionRecord
 from refbench.diffusion.backbone import Backbone, load_backbone
+from refbench.diffusion.denoisers import (Conditioning, capture, conditioning, denoise,
+                                          finest_attention, noised, token_layout)
+from refbench.diffusion.families import FAMILIES, require_family
 from refbench.diffusion.latents import latents_and_noise
 from refbench.diffusion.parsing import Referent, find_referent
-from refbench.diffusion.prompts import TokenAlignment, align, encode
+from refbench.diffusion.prompts import JointAlignment, TokenAlignment, align_layout
 from refbench.errors import UserError
 from refbench.method import Batch, Prediction
 from refbench.plugins import PluginHost
@@ -110,7 +113,7 @@ class BindingConfig(GroupingConfig):
 @dataclass
 class _PromptPlan:
     prompt: str
-    alignment: TokenAlignment
+    alignment: TokenAlignment | JointAlignment
     referent: Referent
     group_text: str  # the referent's group, as the binding variants encode it alone
     group_positions: list[int]
@@ -143,9 +146,16 @@ def level_weights(weights: tuple[float, ...], resolutions: list[int], latent: in
 
 
 class DiffSegmenter:
-    """The baseline; subclasses switch on the attribute-binding steps."""
+    """The baseline; subclasses switch on the attribute-binding steps.
+
+    Runs on every family: it needs only cross-attention maps of a text token and self-attention
+    at one grid, which UNets give per level and MM-DiTs (SD3, Flux) give from every joint layer
+    at their single grid (the image-query x text-key block; see ``joint_attention.py``). On a
+    single grid the per-level ``weights`` do not apply: the map is the mean over every joint
+    layer, refined by the mean image-image attention of every joint layer."""
 
     Config: ClassVar[type] = DiffSegmenterConfig
+    families: ClassVar[tuple[str, ...]] = FAMILIES
     replaces_chunk: ClassVar[bool] = False
     averages_unconditioned: ClassVar[bool] = False
 
@@ -153,6 +163,8 @@ class DiffSegmenter:
         self.config = config
         self.host = host  # backbones and caption providers come from the caller's plugins
         self.backbone: Backbone = load_backbone(config.backbone, config.device, config.dtype, host=host)
+        require_family(type(self).__name__, self.backbone.family, self.families,
+                       "it reads cross- and self-attention maps")
         self.size = config.image_size or self.backbone.image_size
         self._unconditioned: torch.Tensor | None = None
 
@@ -160,8 +172,7 @@ class DiffSegmenter:
     def parameter_counts(cls, config: DiffSegmenterConfig, host: PluginHost) -> tuple[int, int]:
         """All backbone parameters; none is trained."""
         backbone = load_backbone(config.backbone, config.device, config.dtype, host=host)
-        parts = (backbone.unet, backbone.vae, backbone.text_encoder)
-        return sum(p.numel() for part in parts for p in part.parameters()), 0
+        return sum(p.numel() for part in backbone.modules for p in part.parameters()), 0
 
     def weights_fingerprint(self) -> str:
         captioners = ",".join(self.host.caption_providers()) if self.config.captions else ""
@@ -174,7 +185,7 @@ class DiffSegmenter:
                             f"that sentence in the data")
         prefix, suffix = self.config.prompt_template.split(PLACEHOLDER)
         prompt = prefix + text + suffix
-        alignment = align(self.backbone.tokenizer, prompt)
+        alignment = align_layout(token_layout(self.backbone), prompt)
         referent = find_referent(text, getattr(self.config, "grouping", "chunk")).shifted(len(prefix))
         info = {"no_chunk": int(not referent.found), "truncated": int(alignment.truncated)}
         if sample.is_class_name and self.config.class_token == "last" and not self.config.captions:
@@ -207,30 +218,34 @@ class DiffSegmenter:
 
     def _unconditioned_embedding(self) -> torch.Tensor:
         if self._unconditioned is None:
-            self._unconditioned = encode(self.backbone.text_encoder, self.backbone.tokenizer, [""])[0]
+            self._unconditioned = conditioning(self.backbone, [""]).tokens[0]
         return self._unconditioned
 
     def _embeddings(self, plans: list[_PromptPlan]) -> torch.Tensor:
+        """The edited prompt token embeddings (B, L, D); see ``_conditioning``."""
+        return self._conditioning(plans).tokens
+
+    def _conditioning(self, plans: list[_PromptPlan]) -> Conditioning:
         """The prompt embeddings: encoded, the group spliced in (noun-chunk replacement), the
         read word up-weighted (Compel's ++), then averaged with the unconditioned embedding
         (eq. 4). At the target token q that composes to U + emphasis * alpha * (z - U), z the
         prompt's (or, spliced, the group's) embedding there."""
-        tokenizer, text_encoder = self.backbone.tokenizer, self.backbone.text_encoder
-        embeddings = encode(text_encoder, tokenizer, [p.prompt for p in plans])
+        layout = token_layout(self.backbone)
+        encoded = conditioning(self.backbone, [p.prompt for p in plans])
         binds = self.replaces_chunk or self.averages_unconditioned
         if not binds and self.config.emphasis == 1.0:
-            return embeddings
+            return encoded
         rows = []
-        for plan, embedding in zip(plans, embeddings):
+        for plan, embedding in zip(plans, encoded.tokens):
             # No group, or a bare noun (a COCO class name): nothing to bind; the baseline stands.
             binding = binds and plan.referent.found and plan.referent.has_modifiers
             if binding and self.replaces_chunk:
-                alone = align(tokenizer, plan.group_text)
-                alone_positions = [p for pos in alone.word_positions for p in pos]
+                alone = align_layout(layout, plan.group_text)
+                alone_positions = alone.positions(0, len(plan.group_text))
                 if len(alone_positions) != len(plan.group_positions) or plan.alignment.lost(plan.group_positions):
                     plan.info["chunk_mismatch"] = 1
                 else:
-                    group_embedding = encode(text_encoder, tokenizer, [plan.group_text])[0]
+                    group_embedding = conditioning(self.backbone, [plan.group_text]).tokens[0]
                     embedding = replace_chunk(embedding, plan.group_positions, group_embedding,
                                               alone_positions)
             if self.config.emphasis != 1.0 and plan.emphasis_positions:
@@ -243,14 +258,17 @@ class DiffSegmenter:
             if binding:
                 plan.info["binding_applied"] = 1
             rows.append(embedding)
-        return torch.stack(rows)
+        return encoded.replace_tokens(torch.stack(rows))
 
     # -- maps ------------------------------------------------------------------------------
-    def _mix(self, record: AttentionRecord, plans: list[_PromptPlan], finest: int) -> torch.Tensor:
-        """Weighted sum of the min-max-normalised target maps of every resolution: (B, r, r)."""
+    def _mix(self, record: AttentionRecord, plans: list[_PromptPlan], finest: int,
+             latent: int) -> torch.Tensor:
+        """Weighted sum of the min-max-normalised target maps of every resolution, at the finest
+        attention grid: (B, r, r). A single grid (an MM-DiT) is its map alone."""
         resolutions = record.resolutions()
+        weights = [1.0] if len(resolutions) == 1 else level_weights(self.config.weights, resolutions, latent)
         mixed = None
-        for resolution, weight in zip(resolutions, level_weights(self.config.weights, resolutions, finest)):
+        for resolution, weight in zip(resolutions, weights):
             if weight == 0:
                 continue
             maps = record.cross_maps(resolution)  # (B, T, r, r)
@@ -264,24 +282,26 @@ class DiffSegmenter:
 
     @torch.no_grad()
     def score_maps(self, batch: Batch) -> tuple[torch.Tensor, list[_PromptPlan]]:
-        """Maps at latent resolution (B, r, r), averaged over timesteps; min-max normalised
+        """Maps at the finest attention grid (B, r, r: the latent side for SD 1.x and 2.x, half
+        of it for SDXL, the patch grid for SD3 and Flux), averaged over timesteps; min-max normalised
         already only when ``normalize="before_resize"``."""
         texts = [self.host.caption(s.expression, image, s.sample_id) if self.config.captions else s.expression
                  for s, image in zip(batch.samples, batch.images)]
         plans = [self._plan(text, s) for text, s in zip(texts, batch.samples)]
-        context = self._embeddings(plans)
-        latents, noise = latents_and_noise(self.backbone, batch.images, batch.seeds, self.size,
+        context = self._conditioning(plans)
+        bb = self.backbone
+        latents, noise = latents_and_noise(bb, batch.images, batch.seeds, self.size,
                                            posterior=self.config.posterior,
                                            antialias=self.config.antialias)
-        finest = latents.shape[-1]
+        latent = latents.shape[-1]
+        finest = finest_attention(bb, latent)
         total = None
         for t in self.config.timesteps:
             timestep = torch.full((len(plans),), t, dtype=torch.long, device=latents.device)
-            noisy = self.backbone.scheduler.add_noise(latents, noise, timestep)
-            with capture_attention(self.backbone.unet, None,
-                                   finest if self.config.refine else None) as record:
-                self.backbone.unet(noisy, timestep, encoder_hidden_states=context)
-            mixed = self._mix(record, plans, finest)
+            noisy = noised(bb, latents, noise, timestep)
+            with capture(bb, None, finest if self.config.refine else None) as record:
+                denoise(bb, noisy, timestep, context)
+            mixed = self._mix(record, plans, finest, latent)
             if self.config.refine:
                 mixed = record.refine(mixed.flatten(1)[..., None].to(self.backbone.dtype))
                 mixed = mixed[..., 0].view(-1, finest, finest).float()

@@ -28,6 +28,7 @@ from typing import Any
 
 import torch
 
+from refbench.diffusion.families import require_family
 from refbench.errors import UserError
 
 UNET = "unet.unet.diffusion_model."
@@ -80,6 +81,8 @@ def load_vpd_checkpoint(path: Path, net: Any) -> None:
     from diffusers.loaders.single_file_utils import (convert_ldm_unet_checkpoint,
                                                      convert_ldm_vae_checkpoint)
 
+    require_family("VPD's released checkpoints", net.backbone.family, ("sd1",),
+                   "they hold a Stable Diffusion 1.5 UNet and VAE in CompVis's layout")
     state, args = read_vpd_checkpoint(path)
     trained_t = args.get("token_length")
     if trained_t is not None and int(trained_t) != net.config.token_length:
@@ -218,6 +221,8 @@ def export_vpd_checkpoint(net: Any, path: Path, args: dict[str, Any] | None = No
     if getattr(net, "lora", False):
         raise UserError("a LoRA-VPD network has no place in VPD's format (VPD trains the whole "
                         "UNet): export vpd or f_vpd checkpoints")
+    require_family("export to VPD's format", net.backbone.family, ("sd1",),
+                   "VPD's format holds a Stable Diffusion 1.x UNet in CompVis's layout")
     model: dict[str, torch.Tensor] = {}
     config = dict(net.unet.config)
     for key, value in net.unet.state_dict().items():

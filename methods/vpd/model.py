@@ -40,9 +40,11 @@ from refbench import checkpoint as ckpt
 from refbench.data.masks import decode
 from refbench.diffusion.attention import AttentionCapture
 from refbench.diffusion.backbone import load_backbone
+from refbench.diffusion.denoisers import Conditioning, conditioning, denoise, noised
+from refbench.diffusion.families import DIT_FAMILIES, FAMILIES, UNET_FAMILIES, require_family
 from refbench.diffusion.features import capture_level_features
 from refbench.diffusion.latents import latents_and_noise
-from refbench.diffusion.prompts import encode
+from refbench.diffusion.prompts import TokenSegment
 from refbench.errors import UserError
 from refbench.method import Batch, Prediction
 from refbench.plugins import PluginHost
@@ -52,6 +54,9 @@ SHIPPED_DIR = Path(__file__).parent / "checkpoints"
 SHIPPED = "shipped"
 GAMMA_INIT = 1e-4
 ATTENTION_FROM = ("down_blocks", "up_blocks")  # VPD's attn_selector "up_cross+down_cross"
+# why VPD and LoRA-VPD run on the UNet families only (F-VPD runs on every family)
+FAMILY_REASON = ("it trains a UNet, or LoRA on its cross-attention, with VPD's text adapter on "
+                 "the UNet's CLIP context; on an MM-DiT refbench defines only the frozen f_vpd")
 
 
 @dataclass(frozen=True)
@@ -99,15 +104,32 @@ class VPDNet(nn.Module):
     """The network: backbone (private copy), text adapter and gamma, LoRA, SimpleDecoding."""
 
     def __init__(self, config: VPDConfig, adapter: bool, unet_trainable: bool, lora: bool,
-                 host: PluginHost):
+                 host: PluginHost, method: str = "vpd"):
         super().__init__()
         self.config = config
         self.backbone = load_backbone(config.backbone, config.device, config.dtype, private=True,
                                       host=host)
         bb = self.backbone
+        require_family(method, bb.family, supported_families(adapter, unet_trainable, lora), FAMILY_REASON)
         self.size = config.image_size or bb.image_size
-        for part in (bb.vae, bb.text_encoder, bb.unet):
+        for part in bb.modules:
             part.requires_grad_(False)
+        self.latent = self.size // bb.vae_scale_factor
+        self.unet_needs_grad = unet_trainable or lora or adapter
+        self.lora, self.text_adapter, self.gamma, self.unet = lora, None, None, None
+        # the other text encoders (SDXL, SD3, Flux): registered so that counts and eval() see them
+        self.more_text_encoders = nn.ModuleList(
+            [getattr(bb, part) for part in ("text_encoder_2", "text_encoder_3") if getattr(bb, part) is not None])
+        self.dit = None
+        if bb.family in DIT_FAMILIES:  # frozen, no adapter (F-VPD): see methods/vpd/dit.py
+            from methods.vpd.dit import DiTFeatures
+
+            self.vae, self.text_encoder, self.transformer = bb.vae, bb.text_encoder, bb.transformer
+            self.dit = DiTFeatures(bb, self.latent, _text_tokens(bb, config.token_length))
+            self.resolutions, self.attn_at = self.dit.resolutions, self.dit.attn_at
+            self.classifier = SimpleDecoding(self.dit.dims).to(bb.device, bb.dtype)
+            self.register_buffer("class_weights", torch.tensor(config.class_weights, dtype=torch.float32))
+            return
         if unet_trainable:
             bb.unet.requires_grad_(True)
             # the UNet's output head does not feed the decoder: train nothing that gets no
@@ -115,7 +137,6 @@ class VPDNet(nn.Module):
             for head in (bb.unet.conv_norm_out, bb.unet.conv_out):
                 if head is not None:
                     head.requires_grad_(False)
-        self.lora = lora
         if lora:
             from peft import LoraConfig
 
@@ -126,11 +147,9 @@ class VPDNet(nn.Module):
             bb.unet.enable_gradient_checkpointing()
         # registered as submodules so .train()/.eval() and parameter counts see every part
         self.unet, self.vae, self.text_encoder = bb.unet, bb.vae, bb.text_encoder
-        self.unet_needs_grad = unet_trainable or lora or adapter
-        width = bb.text_encoder.config.hidden_size
+        width = bb.unet.config.cross_attention_dim  # the context's width (SDXL: both CLIPs')
         self.text_adapter = TextAdapter(width) if adapter else None
         self.gamma = nn.Parameter(torch.full((width,), GAMMA_INIT)) if adapter else None
-        self.latent = self.size // bb.vae_scale_factor
         levels = len(bb.unet.up_blocks)
         # feature resolutions, fine to coarse, and where the maps go (latent/2 and latent/4)
         self.resolutions = [self.latent // 2 ** k for k in range(levels)]
@@ -160,31 +179,36 @@ class VPDNet(nn.Module):
         return channels[: len(self.resolutions)]
 
     # -- forward ---------------------------------------------------------------------------
-    def context(self, batch: Batch) -> torch.Tensor:
-        """The cross-attention context: T tokens, CLIP's last hidden state, the adapter."""
-        bb = self.backbone
+    def context(self, batch: Batch) -> Conditioning:
+        """The cross-attention context: T tokens as the family's pipeline encodes them (SD 1.x
+        and 2.x: CLIP's last hidden state; SDXL: both CLIPs' penultimate states, and the pooled
+        added condition), then the adapter on the tokens."""
         with torch.no_grad():
-            context = encode(bb.text_encoder, bb.tokenizer, [s.expression for s in batch.samples],
-                             max_length=self.config.token_length)
+            context = conditioning(self.backbone, [s.expression for s in batch.samples],
+                                   max_length=self.config.token_length)
         if self.text_adapter is not None:
-            context = self.text_adapter(context, self.gamma)
+            context = context.replace_tokens(self.text_adapter(context.tokens, self.gamma))
         return context
 
     def logits(self, batch: Batch) -> torch.Tensor:
-        """2-class logits at latent resolution, (B, 2, L, L)."""
+        """2-class logits at latent resolution, (B, 2, L, L) (an MM-DiT's: at its grid)."""
         bb, config = self.backbone, self.config
         latents, noise = latents_and_noise(bb, batch.images, batch.seeds, self.size,
                                            posterior="mean", scaled=False, pil=True)
         t = config.train_timestep if self.training else config.eval_timestep
         timestep = torch.full((len(batch),), t, dtype=torch.long, device=latents.device)
         if config.noise:
-            latents = bb.scheduler.add_noise(latents, noise, timestep)
+            latents = noised(bb, latents, noise, timestep)
         context = self.context(batch)
         grad = torch.is_grad_enabled() and self.unet_needs_grad
+        if self.dit is not None:
+            with torch.no_grad(), self.dit.recording(bb) as (features, record):
+                denoise(bb, latents, timestep, context)
+            return self.classifier(self.dit.inputs(features, record))
         with torch.set_grad_enabled(grad), \
                 self.attention.recording(keep_graph=grad and config.attn_grad) as record, \
                 capture_level_features(bb.unet, block=1) as features:
-            bb.unet(latents, timestep, encoder_hidden_states=context)
+            denoise(bb, latents, timestep, context)
         inputs = list(features)
         for r in self.attn_at:
             level = self.resolutions.index(r)
@@ -209,6 +233,9 @@ class VPDNet(nn.Module):
         super().train(mode)
         self.vae.eval()
         self.text_encoder.eval()
+        self.more_text_encoders.eval()
+        if self.dit is not None:  # F-VPD's frozen transformer
+            self.transformer.eval()
         return self
 
     @torch.no_grad()
@@ -257,6 +284,19 @@ class VPDNet(nn.Module):
         self.load_state_dict(tensors, strict=False)
 
 
+def supported_families(adapter: bool, unet_trainable: bool, lora: bool) -> tuple[str, ...]:
+    """Every family for the frozen, adapter-free F-VPD; the UNet families otherwise."""
+    return UNET_FAMILIES if adapter or unet_trainable or lora else FAMILIES
+
+
+def _text_tokens(bb: Any, token_length: int) -> int:
+    """How many text tokens the denoiser attends to (the maps' channels) with CLIP at T tokens."""
+    from refbench.diffusion.denoisers import token_layout
+
+    layout: tuple[TokenSegment, ...] = token_layout(bb, token_length)
+    return sum(segment.length for segment in layout)
+
+
 def shipped_checkpoint(method: str, backbone: str) -> Path:
     """The checkpoint refbench ships for ``method`` on ``backbone``, or a one-line error."""
     path = SHIPPED_DIR / f"{method}-{Path(backbone).name}.safetensors"
@@ -292,7 +332,7 @@ class VPD:
 
     @classmethod
     def network(cls, config: VPDConfig, host: PluginHost) -> VPDNet:
-        return VPDNet(config, cls.adapter, cls.unet_trainable, cls.lora, host)
+        return VPDNet(config, cls.adapter, cls.unet_trainable, cls.lora, host, cls.method_name)
 
     @classmethod
     def check_config(cls, config: VPDConfig) -> None:
@@ -308,6 +348,10 @@ class VPD:
 
     def __init__(self, config: VPDConfig, *, host: PluginHost):
         self.check_config(config)
+        # the family first: a checkpoint cannot make an MM-DiT fit (the shared copy, no reload)
+        shared = load_backbone(config.backbone, config.device, config.dtype, host=host)
+        require_family(self.method_name, shared.family,
+                       supported_families(self.adapter, self.unet_trainable, self.lora), FAMILY_REASON)
         if config.checkpoint == SHIPPED:
             config = dataclasses.replace(config, checkpoint=str(shipped_checkpoint(
                 self.method_name, config.backbone)))

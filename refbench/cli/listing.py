@@ -45,21 +45,27 @@ def ls(args: argparse.Namespace) -> int:
         width = max((len(n) for n in registry), default=0)
         for name, spec in sorted(registry.items()):
             counts = _parameter_column(host, spec, args) if section == "methods" and args.params else ""
-            print(f"  {name.ljust(width)}  [{spec.plugin}]  {counts}{spec.summary}")
+            family = f"family {spec.family:<4}  " if section == "backbones" else ""
+            print(f"  {name.ljust(width)}  [{spec.plugin}]  {family}{counts}{spec.summary}")
             if getattr(spec, "source", ""):
                 print(f"  {' ' * width}  source: {spec.source}")
         if section == "backbones":
             print("  (methods default to sd15, which needs Stable Diffusion 1.5 in the Hugging Face "
-                  "cache; with nothing cached use --backbone shapes, the bundled model)")
+                  "cache; with nothing cached use --backbone shapes, the bundled model; a directory "
+                  "or hub id's family is read from its model_index.json)")
     for failure in host.failures.values():
         print(f"(not loaded: {failure})")
     return 0
 
 
 def _parameter_column(host: Any, spec: Any, args: argparse.Namespace) -> str:
+    from refbench.diffusion.families import FamilyError
     from refbench.params import parameter_counts
 
-    counts = parameter_counts(host, spec, args.backbone)
+    try:
+        counts = parameter_counts(host, spec, args.backbone)
+    except FamilyError:  # the method does not run on this backbone's family
+        counts = None
     if counts is None:
         return f"{'-':>14} {'-':>14}  "
     total, trainable = counts

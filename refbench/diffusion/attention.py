@@ -44,7 +44,11 @@ class AttentionRecord:
 
     def add_cross(self, resolution: int, probs: torch.Tensor) -> None:
         """``probs`` (B, heads, N, T) of one layer: averaged over heads and summed in."""
-        mean = self._keep(probs.mean(dim=1))
+        self.add_cross_mean(resolution, probs.mean(dim=1))
+
+    def add_cross_mean(self, resolution: int, mean: torch.Tensor) -> None:
+        """One layer's head-averaged probabilities (B, N, T), summed in."""
+        mean = self._keep(mean)
         if resolution in self.cross_sums:
             self.cross_sums[resolution] = self.cross_sums[resolution] + mean
             self.cross_counts[resolution] += 1
@@ -166,7 +170,7 @@ class _DiscardingRecord(AttentionRecord):
     """Where processors that stay installed write between recordings: the same decisions as a
     record (so a recomputed forward takes the path the recorded one took), nothing kept."""
 
-    def add_cross(self, resolution: int, probs: torch.Tensor) -> None:
+    def add_cross_mean(self, resolution: int, mean: torch.Tensor) -> None:
         pass
 
     def add_self(self, query: torch.Tensor, key: torch.Tensor, scale: float) -> None:

@@ -1,5 +1,6 @@
-"""Backbones: the UNet, VAE, text encoder, tokenizer and noise scheduler of a latent diffusion
-model, loaded together.
+"""Backbones: the denoiser (UNet or MM-DiT transformer), VAE, text encoders, tokenizers and noise
+scheduler of a latent diffusion model, loaded together; the family (``families.py``) is read
+from the directory's model_index.json.
 
 A backbone is named by a registered name (a plugin's ``BackboneSpec``: the presets, ``sd15``),
 by a local directory in the diffusers layout, or by a hub id. Loading goes through diffusers'
@@ -23,6 +24,7 @@ from typing import Any, Literal
 
 import torch
 
+from refbench.diffusion.families import COMPONENTS, PIPELINES, detect_family
 from refbench.errors import UserError, did_you_mean
 from refbench.hub import check_hub, hub_home, hub_offline
 from refbench.plugins import PluginHost
@@ -30,15 +32,19 @@ from refbench.specs import resolve
 
 Dtype = Literal["fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
-COMPONENTS = ("unet", "vae", "text_encoder", "tokenizer", "scheduler")
 
 
 @dataclass
 class Backbone:
-    """The components of one latent diffusion model, on one device and dtype."""
+    """The components of one latent diffusion model, on one device and dtype.
+
+    ``family`` (``refbench.diffusion.families``) says which of the optional parts are present:
+    a UNet (sd1, sd2, sdxl) or an MM-DiT ``transformer`` (sd3, flux), and a second and third
+    text encoder with their tokenizers (sdxl: two CLIPs; sd3: two CLIPs and T5; flux: CLIP and
+    T5)."""
 
     name: str
-    unet: Any
+    unet: Any  # None for the MM-DiT families, whose denoiser is ``transformer``
     vae: Any
     text_encoder: Any
     tokenizer: Any
@@ -46,6 +52,32 @@ class Backbone:
     fingerprint: str
     device: torch.device = field(default_factory=lambda: torch.device("cpu"))
     dtype: torch.dtype = torch.float32
+    family: str = "sd1"
+    transformer: Any = None
+    text_encoder_2: Any = None
+    tokenizer_2: Any = None
+    text_encoder_3: Any = None
+    tokenizer_3: Any = None
+    native_size: int = 0  # the input size, where the denoiser's config does not record it (Flux)
+
+    @property
+    def denoiser(self) -> Any:
+        """The network that predicts the noise (or velocity): the UNet or the transformer."""
+        return self.unet if self.unet is not None else self.transformer
+
+    @property
+    def components(self) -> tuple[str, ...]:
+        """The family's component names (model_index.json's keys)."""
+        return tuple(COMPONENTS[self.family])
+
+    @property
+    def weighted_components(self) -> tuple[str, ...]:
+        """The names of the parts with weights: the denoiser, the VAE and every text encoder."""
+        return tuple(p for p in self.components if not p.startswith(("tokenizer", "scheduler")))
+
+    @property
+    def modules(self) -> list[Any]:
+        return [getattr(self, part) for part in self.weighted_components]
 
     @property
     def vae_scale_factor(self) -> int:
@@ -53,15 +85,22 @@ class Backbone:
 
     @property
     def image_size(self) -> int:
-        """The input resolution the UNet was built for (512 for SD 1.5)."""
-        return int(self.unet.config.sample_size) * self.vae_scale_factor
+        """The input resolution the denoiser was built for (512 for SD 1.5, 1024 for SDXL)."""
+        if self.native_size:
+            return self.native_size
+        return int(self.denoiser.config.sample_size) * self.vae_scale_factor
+
+    @property
+    def prediction_type(self) -> str:
+        """What the denoiser predicts: epsilon, v_prediction (SD 2.x 768) or flow (SD3, Flux)."""
+        return str(getattr(self.scheduler.config, "prediction_type", None) or "flow")
 
     @property
     def max_tokens(self) -> int:
         return int(self.tokenizer.model_max_length)
 
     def to(self, device: torch.device, dtype: torch.dtype) -> Backbone:
-        for part in (self.unet, self.vae, self.text_encoder):
+        for part in self.modules:
             current = next(part.parameters())
             if current.device != device or current.dtype != dtype:
                 part.to(device=device, dtype=dtype)
@@ -69,17 +108,20 @@ class Backbone:
         return self
 
     def eval(self) -> Backbone:
-        for part in (self.unet, self.vae, self.text_encoder):
+        for part in self.modules:
             part.eval()
         return self
 
     def save(self, directory: Path) -> Path:
         """Write the diffusers directory layout (model_index.json and one folder per part)."""
         directory = Path(directory)
-        for part in COMPONENTS:
+        for part in self.components:
             getattr(self, part).save_pretrained(directory / part)
-        index = {"_class_name": "StableDiffusionPipeline", "_refbench_backbone": self.name}
-        for part in COMPONENTS:
+        index: dict[str, Any] = {"_class_name": PIPELINES[self.family], "_refbench_backbone": self.name,
+                                 "_refbench_family": self.family}
+        if self.native_size:
+            index["_refbench_image_size"] = self.native_size
+        for part in self.components:
             obj = getattr(self, part)
             index[part] = [obj.__class__.__module__.split(".")[0], obj.__class__.__name__]
         (directory / "model_index.json").write_text(json.dumps(index, indent=2))
@@ -124,7 +166,9 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
     kwargs: dict[str, Any] = {"local_files_only": offline} if not is_dir else {}
     try:
         with _no_loading_bars(is_dir):
-            unet, vae, text_encoder, tokenizer, scheduler = _components(where, kwargs)
+            index = _model_index(where, kwargs)
+            family = detect_family(index, _unet_config(where, index, kwargs))
+            parts = _components(where, family, kwargs)
     except (OSError, ValueError) as error:
         home = hub_home()
         looked = f"in {local}" if is_dir else f"on the hub and in the cache under {home}" + (
@@ -134,8 +178,9 @@ def load_pretrained(source: str, device: torch.device, dtype: torch.dtype, name:
             f"{str(error).splitlines()[0][:160]}; download it to the cache or a local directory, "
             f"or pick another with --backbone shapes (the bundled model) or a directory path",
             fix_args=bundled) from None
-    backbone = Backbone(name or source, unet, vae, text_encoder, tokenizer, scheduler,
-                        fingerprint=_pretrained_fingerprint(local if is_dir else None, unet))
+    backbone = Backbone(name or source, fingerprint=_pretrained_fingerprint(
+                            local if is_dir else None, parts.get("unet", parts.get("transformer"))),
+                        family=family, native_size=_native_size(index, family), **{"unet": None, **parts})
     return backbone.to(device, dtype).eval()
 
 
@@ -146,15 +191,44 @@ def _check_hub(repo: str, name: str, fix: list[str]) -> None:
     check_hub(repo, f"backbone {name or repo!r}", how, probe="model_index.json", fix=fix)
 
 
-def _components(where: str, kwargs: dict[str, Any]) -> tuple[Any, Any, Any, Any, Any]:
-    from diffusers import AutoencoderKL, DDPMScheduler, UNet2DConditionModel
-    from transformers import AutoTokenizer, CLIPTextModel
+def _model_index(where: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """model_index.json of a directory or hub snapshot ({} where there is none: an SD 1.x layout)."""
+    local = Path(where) / "model_index.json"
+    if local.is_file():
+        return json.loads(local.read_text())
+    if Path(where).is_dir():
+        return {}
+    from huggingface_hub import hf_hub_download
 
-    return (UNet2DConditionModel.from_pretrained(where, subfolder="unet", **kwargs),
-            AutoencoderKL.from_pretrained(where, subfolder="vae", **kwargs),
-            CLIPTextModel.from_pretrained(where, subfolder="text_encoder", **kwargs),
-            AutoTokenizer.from_pretrained(where, subfolder="tokenizer", **kwargs),
-            DDPMScheduler.from_pretrained(where, subfolder="scheduler", **kwargs))
+    return json.loads(Path(hf_hub_download(where, "model_index.json", **kwargs)).read_text())
+
+
+def _unet_config(where: str, index: dict[str, Any], kwargs: dict[str, Any]) -> dict[str, Any] | None:
+    if "unet" not in index and index:
+        return None
+    from diffusers import UNet2DConditionModel
+
+    return dict(UNet2DConditionModel.load_config(where, subfolder="unet", **kwargs))
+
+
+def _native_size(index: dict[str, Any], family: str) -> int:
+    """Flux records no sample size: its pipeline's default is 1024 (128 latent cells)."""
+    return int(index.get("_refbench_image_size", 1024 if family == "flux" else 0))
+
+
+def _components(where: str, family: str, kwargs: dict[str, Any]) -> dict[str, Any]:
+    """Every component of ``family``, each with its class's ``from_pretrained``."""
+    import importlib
+
+    parts = {}
+    for part, (library, class_name) in COMPONENTS[family].items():
+        cls = getattr(importlib.import_module(library), class_name)
+        if part.startswith("tokenizer"):
+            from transformers import AutoTokenizer
+
+            cls = AutoTokenizer
+        parts[part] = cls.from_pretrained(where, subfolder=part, **kwargs)
+    return parts
 
 
 @contextmanager
@@ -227,9 +301,8 @@ def _build(source: _Source, device: str, dtype: str) -> Backbone:
 
 def _private_copy(backbone: Backbone) -> Backbone:
     """Own copies of the modules with weights; tokenizer and scheduler hold none, so are shared."""
-    return dataclasses.replace(backbone, unet=copy.deepcopy(backbone.unet),
-                               vae=copy.deepcopy(backbone.vae),
-                               text_encoder=copy.deepcopy(backbone.text_encoder))
+    return dataclasses.replace(backbone, **{part: copy.deepcopy(getattr(backbone, part))
+                                            for part in backbone.weighted_components})
 
 
 _SHARED: OrderedDict[tuple[_Source, str, str], Backbone] = OrderedDict()

@@ -65,8 +65,9 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
                       size: int, posterior: Posterior = "mean", antialias: bool = True,
                       scaled: bool = True, pil: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE latents and seeded noise for each image. ``posterior``: the posterior's mean, or a
-    sample mean + std * eps (``latent_dist.sample()``, eps from the seed); ``scaled``: times the
-    VAE's ``scaling_factor`` (0.18215 for SD 1.x), as the UNet was trained on."""
+    sample mean + std * eps (``latent_dist.sample()``, eps from the seed); ``scaled``: minus the
+    VAE's ``shift_factor`` (SD3, Flux; none for SD 1.x, 2.x, XL) and times its ``scaling_factor``
+    (0.18215 for SD 1.x), as the denoiser was trained on."""
     keys = [(backbone.fingerprint, str(backbone.device), str(backbone.dtype), size, seed,
              posterior, antialias, scaled, pil, _image_key(image)) for image, seed in zip(images, seeds)]
     # this batch's entries are held here, so evicting old ones can never drop one of them
@@ -81,6 +82,7 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
         with torch.no_grad():
             dist = backbone.vae.encode(pixels).latent_dist
         scale = backbone.vae.config.scaling_factor if scaled else 1.0
+        shift = (getattr(backbone.vae.config, "shift_factor", None) or 0.0) if scaled else 0.0
         for row, i in enumerate(missing):
             generator = torch.Generator("cpu").manual_seed(int(seeds[i]))
             noise = torch.randn(dist.mean.shape[1:], generator=generator)
@@ -90,7 +92,8 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
                 latent = latent + dist.std[row] * eps.to(latent.device, latent.dtype)
             if keys[i] in _CACHE:  # the same image and seed twice in one batch
                 _held["bytes"] -= _nbytes(_CACHE[keys[i]])
-            found[i] = _CACHE[keys[i]] = ((latent * scale).cpu(), noise)
+            shifted = latent - shift if shift else latent
+            found[i] = _CACHE[keys[i]] = ((shifted * scale).cpu(), noise)
             _held["bytes"] += _nbytes(found[i])
     while len(_CACHE) > CACHE_SIZE or (_held["bytes"] > CACHE_BYTES and len(_CACHE) > 1):
         _held["bytes"] -= _nbytes(_CACHE.popitem(last=False)[1])

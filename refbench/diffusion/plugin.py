@@ -8,6 +8,7 @@ from refbench import hookimpl
 from refbench.specs import BackboneSpec
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+_FAMILY_PRESETS = "refbench.diffusion.family_presets"
 # refbench's own miniature model, trained by `refbench pretrain-shapes` and shipped as package data
 SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"
 
@@ -32,4 +33,16 @@ def refbench_backbones() -> list[BackboneSpec]:
                      "SD 1.5 block structure at small width, seeded random weights (tests, demos)"),
         BackboneSpec("sd15-random", "refbench.diffusion.presets:build_sd15_random",
                      "full SD 1.5 architecture, seeded random weights (speed and memory figures)"),
+        BackboneSpec("tiny-sd2", f"{_FAMILY_PRESETS}:build_tiny_sd2",
+                     "SD 2.x structure at small width (linear projections, heads per level, "
+                     "v-prediction), seeded random weights", family="sd2"),
+        BackboneSpec("tiny-sdxl", f"{_FAMILY_PRESETS}:build_tiny_sdxl",
+                     "SDXL structure at small width (two CLIP encoders, text_time conditions, "
+                     "attention at the two inner levels), seeded random weights", family="sdxl"),
+        BackboneSpec("tiny-sd3", f"{_FAMILY_PRESETS}:build_tiny_sd3",
+                     "SD3 MM-DiT at small width (two CLIPs and T5, joint attention, flow "
+                     "matching), seeded random weights", family="sd3"),
+        BackboneSpec("tiny-flux", f"{_FAMILY_PRESETS}:build_tiny_flux",
+                     "Flux MM-DiT at small width (CLIP and T5, joint and single-stream blocks, "
+                     "rotary positions), seeded random weights", family="flux"),
     ]

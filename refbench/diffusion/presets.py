@@ -54,10 +54,17 @@ SCHEDULER = dict(num_train_timesteps=1000, beta_start=0.00085, beta_end=0.012,
 
 
 def small_tokenizer() -> Any:
+    """The shipped CLIP-format BPE vocabulary as a ``CLIPTokenizer`` (77 tokens)."""
     from transformers import CLIPTokenizer
 
     return CLIPTokenizer(vocab=str(ASSET_DIR / "vocab.json"), merges=str(ASSET_DIR / "merges.txt"),
                          model_max_length=MAX_TOKENS)
+
+
+def clip_text_config(tokenizer: Any, sizes: dict[str, Any]) -> dict[str, Any]:
+    """A CLIP text config of the given sizes whose vocabulary and special ids are the tokenizer's."""
+    return {"vocab_size": len(tokenizer), **sizes, "bos_token_id": tokenizer.bos_token_id,
+            "eos_token_id": tokenizer.eos_token_id, "pad_token_id": tokenizer.pad_token_id}
 
 
 def build_from_config(name: str, config: dict[str, dict[str, Any]], seed: int,
@@ -67,19 +74,21 @@ def build_from_config(name: str, config: dict[str, dict[str, Any]], seed: int,
     from transformers import CLIPTextConfig, CLIPTextModel
 
     tokenizer = small_tokenizer()
-    text_config = {"vocab_size": len(tokenizer), **config["text"],
-                   "bos_token_id": tokenizer.bos_token_id, "eos_token_id": tokenizer.eos_token_id,
-                   "pad_token_id": tokenizer.pad_token_id}
+    text_config = clip_text_config(tokenizer, config["text"])
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(seed)
         unet = UNet2DConditionModel(**config["unet"])
         vae = AutoencoderKL(**config["vae"])
         text_encoder = CLIPTextModel(CLIPTextConfig(**text_config))
     scheduler = DDPMScheduler(**SCHEDULER)
-    fingerprint = hashlib.sha256(json.dumps(
-        {"preset": name, "seed": seed, "config": config}, sort_keys=True, default=str).encode()
-    ).hexdigest()[:16]
-    return Backbone(name, unet, vae, text_encoder, tokenizer, scheduler, fingerprint).to(device, dtype).eval()
+    return Backbone(name, unet, vae, text_encoder, tokenizer, scheduler,
+                    preset_fingerprint(name, seed, config)).to(device, dtype).eval()
+
+
+def preset_fingerprint(name: str, seed: int, config: dict[str, Any]) -> str:
+    """A preset's weights are fixed by its name, seed and config."""
+    return hashlib.sha256(json.dumps({"preset": name, "seed": seed, "config": config},
+                                     sort_keys=True, default=str).encode()).hexdigest()[:16]
 
 
 def build_tiny(device: torch.device, dtype: torch.dtype, name: str = "tiny", seed: int = 0) -> Backbone:

@@ -10,7 +10,7 @@ on a tokenizer-specific offset mapping. A prompt longer than the model's context
 from __future__ import annotations
 
 import re
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from typing import Any
 
 import torch
@@ -81,6 +81,79 @@ def align(tokenizer: Any, prompt: str) -> TokenAlignment:
     n_tokens = len(tokenizer(prompt, truncation=False)["input_ids"])
     return TokenAlignment(prompt, tuple(spans), tuple(positions), n_tokens,
                           int(tokenizer.model_max_length))
+
+
+@dataclass(frozen=True)
+class TokenSegment:
+    """One tokenizer's tokens in a denoiser's text sequence: ``length`` positions from ``offset``
+    (SD3 lays CLIP's 77 tokens, then T5's, side by side)."""
+
+    tokenizer: Any
+    offset: int
+    length: int
+
+
+@dataclass(frozen=True)
+class JointAlignment:
+    """A prompt aligned in every segment of a layout: the same words, a position for each of
+    their pieces in each tokenizer. Answers what ``TokenAlignment`` answers, over all segments;
+    positions come sorted (segment by segment, in token order)."""
+
+    parts: tuple[tuple[TokenAlignment, TokenSegment], ...]
+
+    @property
+    def prompt(self) -> str:
+        return self.parts[0][0].prompt
+
+    @property
+    def word_spans(self) -> tuple[tuple[int, int], ...]:
+        return self.parts[0][0].word_spans
+
+    @property
+    def word_positions(self) -> tuple[tuple[int, ...], ...]:
+        return tuple(tuple(self.positions(*span)) for span in self.word_spans)
+
+    def _first_truncated(self) -> TokenAlignment:
+        return next((a for a, _ in self.parts if a.truncated), self.parts[0][0])
+
+    @property
+    def n_tokens(self) -> int:
+        return self._first_truncated().n_tokens
+
+    @property
+    def max_length(self) -> int:
+        return self._first_truncated().max_length
+
+    @property
+    def truncated(self) -> bool:
+        return any(a.truncated for a, _ in self.parts)
+
+    @property
+    def last_kept_position(self) -> int:
+        alignment, segment = self.parts[0]
+        return segment.offset + alignment.last_kept_position
+
+    def positions(self, start: int, end: int) -> list[int]:
+        """A piece cut off by its encoder's length is placed at that segment's last slot (its
+        EOS), where ``lost`` reports it, so it never lands in the next segment."""
+        return sorted(seg.offset + min(p, seg.length - 1)
+                      for a, seg in self.parts for p in a.positions(start, end))
+
+    def lost(self, positions: list[int]) -> bool:
+        return any(seg.offset <= p < seg.offset + seg.length and a.lost([p - seg.offset])
+                   for p in positions for a, seg in self.parts)
+
+    def lost_words(self) -> list[str]:
+        return [self.prompt[s:e] for (s, e), pos in zip(self.word_spans, self.word_positions)
+                if self.lost(list(pos))]
+
+
+def align_layout(layout: tuple[TokenSegment, ...], prompt: str) -> TokenAlignment | JointAlignment:
+    """``align`` in each tokenizer of a layout; a single segment at offset 0 is plain ``align``."""
+    parts = tuple((replace(align(seg.tokenizer, prompt), max_length=seg.length), seg) for seg in layout)
+    if len(parts) == 1 and layout[0].offset == 0:
+        return parts[0][0]
+    return JointAlignment(parts)
 
 
 def tokenize(tokenizer: Any, prompts: list[str], device: torch.device,

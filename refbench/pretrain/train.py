@@ -117,12 +117,12 @@ def _latents(backbone: Backbone, pixels: torch.Tensor) -> torch.Tensor:
     return backbone.vae.encode(pixels).latent_dist.mean * backbone.vae.config.scaling_factor
 
 
-def _weighted_mse(predicted: torch.Tensor, noise: torch.Tensor, alphas_cumprod: torch.Tensor,
+def _weighted_mse(predicted: torch.Tensor, target: torch.Tensor, alphas_cumprod: torch.Tensor,
                   snr_gamma: float) -> torch.Tensor:
-    """Noise-prediction MSE; with ``snr_gamma`` each sample weighs min(SNR, gamma) / SNR, which
+    """Noise- (or velocity-) prediction MSE; with ``snr_gamma`` each sample weighs min(SNR, gamma) / SNR, which
     stops the nearly clean timesteps (where the caption tells the model nothing) from dominating
     the gradient."""
-    per_sample = ((predicted - noise) ** 2).flatten(1).mean(1)
+    per_sample = ((predicted - target) ** 2).flatten(1).mean(1)
     if not snr_gamma:
         return per_sample.mean()
     snr = alphas_cumprod / (1 - alphas_cumprod)
@@ -165,7 +165,10 @@ def _train_denoiser(backbone: Backbone, pool: ScenePool, config: PretrainConfig,
             grounding = grounding_loss(record, weights, word_masks, valid)
         else:
             predicted = unet(noisy, timesteps, encoder_hidden_states=context).sample
-        loss = _weighted_mse(predicted, noise, scheduler.alphas_cumprod[timesteps], config.snr_gamma)
+        # the denoiser's target: the noise, or (a v-prediction model, SD 2.x at 768) the velocity
+        target = (scheduler.get_velocity(clean, noise, timesteps)
+                  if backbone.prediction_type == "v_prediction" else noise)
+        loss = _weighted_mse(predicted, target, scheduler.alphas_cumprod[timesteps], config.snr_gamma)
         total = loss if grounding is None else loss + config.grounding_weight * grounding
         optimiser.zero_grad(set_to_none=True)
         total.backward()
