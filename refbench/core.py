@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +33,9 @@ import numpy as np
 from refbench import distributed, provenance
 from refbench.candidates import Candidate, resolve_methods
 from refbench.config import overrides_from
-from refbench.data.checks import check_headers, check_unique_ids, refuse_empty, split_empty
+from refbench.data.checks import check_headers, check_unique_ids, has_truth, refuse_empty
 from refbench.data.images import DEFAULT_MAX_PIXELS, check_images_exist, load_rgb
-from refbench.data.sample import Dataset, Sample, first_samples, group_batches
+from refbench.data.sample import Dataset, Sample, group_batches, take_samples
 from refbench.data.source import DataSource, check_source, generate_missing, open_dataset
 from refbench.errors import UserError
 from refbench.method import Batch, Method, Prediction, sample_seed
@@ -110,18 +110,26 @@ class SplitPlan:
                          self.fingerprint, len(self.samples), self.skipped_empty)
 
 
+def split_samples(dataset: Dataset, split: str, limit: int | None) -> Iterable[Sample]:
+    """The split's samples; built one by one where the reader can (``iter_samples``) and only
+    the first ``limit`` are wanted."""
+    lazy = getattr(dataset, "iter_samples", None)
+    return lazy(split) if limit is not None and callable(lazy) else dataset.samples(split)
+
+
 def plan_split(dataset: Dataset, root: Path, split: str, settings: Settings,
                label: str = "") -> SplitPlan:
     """List the split's samples and check what can be checked before computing: ids unique,
     ground truths not empty (or left out and counted, if asked), images present, their headers
-    matching the annotations."""
+    matching the annotations. With ``limit`` the samples are read only up to the cut (the rest
+    of a large split is never built), so the id and empty-truth checks cover the samples read,
+    and ``skipped_empty`` counts the empty ones among them."""
     where = f"{label or dataset.name}/{split}"
-    samples = dataset.samples(split)
-    check_unique_ids(samples, where)
-    samples, empty = split_empty(samples)
+    built, samples, empty = take_samples(split_samples(dataset, split, settings.limit),
+                                         settings.limit, has_truth)
+    check_unique_ids(built, where)
     if not settings.skip_empty_gt:
         refuse_empty(empty, where)
-    samples = first_samples(samples, settings.limit)
     if not samples:
         raise UserError(f"split {split!r} of {dataset.name} has no samples"
                         + (f" with a ground truth ({len(empty)} empty ones left out)" if empty else ""))
