@@ -32,6 +32,7 @@ class FullImage:
     """Every pixel is foreground."""
 
     Config = None
+    reads_pixels = False  # only the image's size: the evaluation skips decoding for it
 
     def __init__(self, config: None = None):
         pass
@@ -42,6 +43,8 @@ class FullImage:
 
 class GroundTruthBox:
     """The tight box of the ground-truth mask, filled."""
+
+    reads_pixels = False  # only the ground truth: the evaluation skips decoding for it
 
     @dataclass(frozen=True)
     class Config:

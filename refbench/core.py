@@ -204,6 +204,18 @@ def predict_maps(host: PluginHost, candidate: Candidate, samples: Sequence[Sampl
 
 
 # -- computing what the store lacks ------------------------------------------------------------
+# What a method that declares ``reads_pixels = False`` gets for each image: no pixels (a 0 x 0
+# image, so a method that reads them after all fails loudly instead of scoring a blank image).
+NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
+NO_PIXELS.flags.writeable = False
+
+
+def reads_pixels(method: Method) -> bool:
+    """Whether a method needs the decoded images (the reference methods read only sizes and
+    ground truths: decoding for them is most of their time)."""
+    return bool(getattr(method, "reads_pixels", True))
+
+
 @dataclass
 class _Job:
     run: MethodRun
@@ -325,17 +337,18 @@ def _groups(samples: Sequence[Sample]) -> Iterator[list[Sample]]:
 
 def _compute(jobs: list[_Job], picks: list[tuple[int, list[Sample]]], plan: SplitPlan, store: Any,
              settings: Settings, owner: str | None, progress: JobProgress) -> None:
-    """Load a batch's images once, then let each job predict its part, score it, write it."""
-    needed = list({s.sample_id: s for _, sub in picks for s in sub}.values())
-    images = {s.sample_id: load_rgb(s.image_path, (s.height, s.width), s.sample_id,
-                                    settings.max_image_pixels) for s in needed}
+    """Decode each image of a batch once (the sentences of one image share it), and only for
+    the methods that read pixels; then let each job predict its part, score it, write it."""
+    picks = [(j, [s for s in sub if s.sample_id in jobs[j].pending]) for j, sub in picks]
+    picks = [(j, sub) for j, sub in picks if sub]
+    needed = {s.image_path: s for j, sub in picks if reads_pixels(jobs[j].method) for s in sub}
+    images = {path: load_rgb(path, (s.height, s.width), s.sample_id, settings.max_image_pixels)
+              for path, s in needed.items()}
     for j, sub in picks:
-        sub = [s for s in sub if s.sample_id in jobs[j].pending]
-        if not sub:
-            continue
         run, method = jobs[j].run, jobs[j].method
         start = time.perf_counter()
-        predictions = predict(method, run.candidate.name, sub, [images[s.sample_id] for s in sub],
+        pixels = [images.get(s.image_path, NO_PIXELS) for s in sub]
+        predictions = predict(method, run.candidate.name, sub, pixels,
                               [sample_seed(settings.seed, s.sample_id) for s in sub],
                               settings.protocol.output_size)
         rows, groups = score_batch(sub, predictions, run.candidate.name, plan.thresholds,

@@ -24,7 +24,9 @@ def _coco_rle(rle: dict[str, Any]) -> dict[str, Any]:
 
 def encode(mask: np.ndarray) -> dict[str, Any]:
     """A binary H x W mask as compressed RLE with text counts (JSON-safe)."""
-    return _text_rle(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+    # a bool array viewed as uint8 (the same bytes): one column-major copy, not two
+    return _text_rle(mask_utils.encode(np.asfortranarray(mask).view(np.uint8)
+                                       if mask.dtype == bool else np.asfortranarray(mask.astype(np.uint8))))
 
 
 def decode(rle: dict[str, Any]) -> np.ndarray:
@@ -36,6 +38,14 @@ def decode(rle: dict[str, Any]) -> np.ndarray:
 def area(rle: dict[str, Any]) -> int:
     coco = _coco_rle(rle)
     return int(mask_utils.area(coco))
+
+
+def intersection_area(a: dict[str, Any], b: dict[str, Any]) -> int:
+    """Pixels in both masks, counted on their runs (no H x W array): what a binary
+    prediction's score needs, exactly ``count_nonzero(decode(a) & decode(b))``."""
+    if list(a["size"]) != list(b["size"]):
+        raise ValueError(f"prediction shape {tuple(a['size'])} differs from ground truth {tuple(b['size'])}")
+    return int(mask_utils.area(mask_utils.merge([_coco_rle(a), _coco_rle(b)], intersect=True)))
 
 
 def bbox(rle: dict[str, Any]) -> tuple[float, float, float, float]:
