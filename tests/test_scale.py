@@ -208,3 +208,23 @@ def test_duplicate_sent_id_is_refused_though_the_refs_were_stored(cached: Path):
     path.write_bytes(pickle.dumps(refs))
     with pytest.raises(UserError, match="sent_id"):
         ReferDataset(cached, "refshapes").splits()
+
+
+def test_mask_scored_on_runs_counts_what_the_pixels_count():
+    from refbench.data.masks import encode
+    from refbench.results.scoring import DEFAULT_THRESHOLDS, mask_stats, rle_mask_stats
+
+    rng = np.random.default_rng(0)
+    for shape in [(1, 1), (7, 5), (48, 64)]:
+        for density in (0.0, 0.3, 1.0):
+            mask = rng.random(shape) < density
+            gt = rng.random(shape) < 0.5
+            for order in ("C", "F"):
+                pred = np.asarray(mask, order=order)
+                assert encode(pred) == encode(np.ascontiguousarray(mask))
+                pixels, runs = mask_stats(pred, gt, DEFAULT_THRESHOLDS), rle_mask_stats(
+                    encode(pred), encode(gt), DEFAULT_THRESHOLDS)
+                assert (pixels.inter == runs.inter).all() and (pixels.pred_area == runs.pred_area).all()
+                assert pixels.gt_area == runs.gt_area
+    with pytest.raises(ValueError, match="differs"):
+        rle_mask_stats(encode(np.ones((2, 3), bool)), encode(np.ones((3, 2), bool)), DEFAULT_THRESHOLDS)
