@@ -228,3 +228,27 @@ def test_mask_scored_on_runs_counts_what_the_pixels_count():
                 assert pixels.gt_area == runs.gt_area
     with pytest.raises(ValueError, match="differs"):
         rle_mask_stats(encode(np.ones((2, 3), bool)), encode(np.ones((3, 2), bool)), DEFAULT_THRESHOLDS)
+
+
+def test_well_formed_refs_read_as_field_by_field(shapes_copy: Path, monkeypatch):
+    import pickle
+
+    from refbench.data import refer
+
+    path = shapes_copy / "refshapes" / "refs(unc).p"
+    refs = pickle.loads(path.read_bytes())
+    refs[2]["ref_id"] = float(refs[2]["ref_id"])  # read by Fields: a whole float is an id
+    refs[3]["sentences"][0]["sent_id"] = str(refs[3]["sentences"][0]["sent_id"])  # text ids
+    refs[4]["sentences"][0]["raw"] = "  "  # falls back to 'sent'
+    path.write_bytes(pickle.dumps(refs))
+    fast = ReferDataset(shapes_copy, "refshapes")._refs
+    monkeypatch.setattr(refer, "_well_formed_ref", lambda *args: None)
+    assert ReferDataset(shapes_copy, "refshapes")._refs == fast
+    refs[5]["sentences"][0]["sent_id"] = refs[1]["sentences"][0]["sent_id"]
+    path.write_bytes(pickle.dumps(refs))
+    with pytest.raises(UserError) as slow_error:
+        ReferDataset(shapes_copy, "refshapes").splits()
+    monkeypatch.undo()
+    with pytest.raises(UserError) as fast_error:
+        ReferDataset(shapes_copy, "refshapes").splits()
+    assert str(fast_error.value) == str(slow_error.value) and "ref 1 (ref_id" in str(fast_error.value)
