@@ -1,4 +1,5 @@
-"""A checked COCO instances index, kept on disk so a large file is parsed and checked once.
+"""Checked indexes of large data files (COCO instances, REFER refs), kept on disk so such a
+file is parsed and checked once.
 
 Parsing RefCOCO's 122 MB instances.json costs seconds and most of a gigabyte, although a split
 uses a few thousand of its 196,771 annotations. The first run that reads a large file (over
@@ -6,7 +7,8 @@ uses a few thousand of its 196,771 annotations. The first run that reads a large
 had no problem at all, stores the index: images and annotation ids as arrays, each
 annotation's segmentation as its JSON text in one blob read through a memory map. Later runs
 load that in a fraction of a second and parse a segmentation only when its mask is built, where
-it is checked exactly as before (``Instances.mask``).
+it is checked exactly as before (``Instances.mask``). A refs file's checked refs are kept the same
+way, as JSON records (``save_records``), ids unique over the whole file as when it was checked.
 
 The index is keyed by the file's SHA-256 and by the source of the code that checks it, so a
 changed file, or changed checks, are checked again; a file with problems is never stored, so
