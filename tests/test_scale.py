@@ -252,3 +252,13 @@ def test_well_formed_refs_read_as_field_by_field(shapes_copy: Path, monkeypatch)
     with pytest.raises(UserError) as fast_error:
         ReferDataset(shapes_copy, "refshapes").splits()
     assert str(fast_error.value) == str(slow_error.value) and "ref 1 (ref_id" in str(fast_error.value)
+
+
+def test_damaged_index_is_checked_again(cached: Path):
+    first = _view(ReferDataset(cached, "refshapes"), "val")
+    (folder,) = (index_cache.cache_root() / "instances").iterdir()
+    blob = folder / "segmentations.bin"
+    blob.write_bytes(blob.read_bytes()[:-10])
+    assert index_cache.load(folder, cached / "refshapes" / "instances.json", None) is None  # type: ignore[arg-type]
+    assert _view(ReferDataset(cached, "refshapes"), "val") == first
+    assert index_cache.load(folder, cached / "refshapes" / "instances.json", None) is not None  # type: ignore[arg-type]

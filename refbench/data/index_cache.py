@@ -72,6 +72,7 @@ def _writing(folder: Path) -> Iterator[Path]:
         shutil.rmtree(staging, ignore_errors=True)
         staging.mkdir(parents=True)
         yield staging
+        shutil.rmtree(folder, ignore_errors=True)  # one that could not be read (damaged)
         staging.rename(folder)
     except (OSError, OverflowError, TypeError, ValueError):
         shutil.rmtree(staging, ignore_errors=True)
@@ -105,8 +106,10 @@ class CompactAnnotations(Mapping[int, dict[str, Any]]):
         self._has_category, self._crowd = arrays["has_category"], arrays["iscrowd"]
         self._offsets = arrays["offsets"]
         blob = folder / "segmentations.bin"
-        self._blob = (np.memmap(blob, dtype=np.uint8, mode="r") if blob.stat().st_size
-                      else np.zeros(0, dtype=np.uint8))
+        size = blob.stat().st_size
+        if size != int(self._offsets[-1]) or len(self._offsets) != len(self._ids) + 1:
+            raise ValueError(f"{folder} is incomplete")  # damaged: the file is checked again
+        self._blob = np.memmap(blob, dtype=np.uint8, mode="r") if size else np.zeros(0, dtype=np.uint8)
 
     def _row(self, ann_id: object) -> int | None:
         if type(ann_id) is not int:
