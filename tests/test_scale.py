@@ -262,3 +262,13 @@ def test_damaged_index_is_checked_again(cached: Path):
     assert index_cache.load(folder, cached / "refshapes" / "instances.json", None) is None  # type: ignore[arg-type]
     assert _view(ReferDataset(cached, "refshapes"), "val") == first
     assert index_cache.load(folder, cached / "refshapes" / "instances.json", None) is not None  # type: ignore[arg-type]
+
+
+def test_without_orjson_nothing_is_stored_and_all_is_read(cached: Path, shapes_root: Path, monkeypatch):
+    monkeypatch.setattr(files, "orjson", None)
+    monkeypatch.setattr(index_cache, "orjson", None)
+    samples = _view(ReferDataset(cached, "refshapes"), "val")
+    assert not index_cache.cache_root().exists()
+    monkeypatch.undo()
+    monkeypatch.setattr(index_cache, "CACHE_MIN_BYTES", 1 << 60)
+    assert samples == _view(ReferDataset(cached, "refshapes"), "val")

@@ -113,6 +113,9 @@ class ReferDataset:
                     out.append(ref)
         if folder is not None and self.validator.count == problems:  # only a clean file
             index_cache.save_records(folder, [list(r) for r in out])
+        if type(self).refs is ReferDataset.refs:
+            self.__dict__.pop("refs", None)  # the raw file (hundreds of MB as objects): read
+            # once, as ``_refs``, which is all the reader uses of it
         return out
 
     # -- Dataset interface -----------------------------------------------------------------
