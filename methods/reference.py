@@ -32,16 +32,21 @@ class FullImage:
     """Every pixel is foreground."""
 
     Config = None
+    reads_pixels = False  # only the image's size: the evaluation skips decoding for it
 
     def __init__(self, config: None = None):
         pass
 
     def predict(self, batch: Batch) -> list[Prediction]:
-        return [Prediction(mask=np.ones((s.height, s.width), dtype=bool)) for s in batch.samples]
+        # column-major, the order COCO's RLE encoder reads: stored without a transposed copy
+        return [Prediction(mask=np.ones((s.height, s.width), dtype=bool, order="F"))
+                for s in batch.samples]
 
 
 class GroundTruthBox:
     """The tight box of the ground-truth mask, filled."""
+
+    reads_pixels = False  # only the ground truth: the evaluation skips decoding for it
 
     @dataclass(frozen=True)
     class Config:
@@ -57,7 +62,7 @@ class GroundTruthBox:
     def predict(self, batch: Batch) -> list[Prediction]:
         out = []
         for sample in batch.samples:
-            mask = np.zeros((sample.height, sample.width), dtype=bool)
+            mask = np.zeros((sample.height, sample.width), dtype=bool, order="F")  # as FullImage
             x, y, w, h = bbox(sample.gt)
             if w > 0 and h > 0:
                 gx, gy = self.config.grow * w, self.config.grow * h

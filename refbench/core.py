@@ -22,7 +22,7 @@ from __future__ import annotations
 import tempfile
 import time
 from collections import deque
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -33,9 +33,9 @@ import numpy as np
 from refbench import distributed, provenance
 from refbench.candidates import Candidate, resolve_methods
 from refbench.config import overrides_from
-from refbench.data.checks import check_headers, check_unique_ids, refuse_empty, split_empty
+from refbench.data.checks import check_headers, check_unique_ids, has_truth, refuse_empty
 from refbench.data.images import DEFAULT_MAX_PIXELS, check_images_exist, load_rgb
-from refbench.data.sample import Dataset, Sample, first_samples, group_batches
+from refbench.data.sample import Dataset, Sample, group_batches, take_samples
 from refbench.data.source import DataSource, check_source, generate_missing, open_dataset
 from refbench.errors import UserError
 from refbench.method import Batch, Method, Prediction, sample_seed
@@ -110,18 +110,26 @@ class SplitPlan:
                          self.fingerprint, len(self.samples), self.skipped_empty)
 
 
+def split_samples(dataset: Dataset, split: str, limit: int | None) -> Iterable[Sample]:
+    """The split's samples; built one by one where the reader can (``iter_samples``) and only
+    the first ``limit`` are wanted."""
+    lazy = getattr(dataset, "iter_samples", None)
+    return lazy(split) if limit is not None and callable(lazy) else dataset.samples(split)
+
+
 def plan_split(dataset: Dataset, root: Path, split: str, settings: Settings,
                label: str = "") -> SplitPlan:
     """List the split's samples and check what can be checked before computing: ids unique,
     ground truths not empty (or left out and counted, if asked), images present, their headers
-    matching the annotations."""
+    matching the annotations. With ``limit`` the samples are read only up to the cut (the rest
+    of a large split is never built), so the id and empty-truth checks cover the samples read,
+    and ``skipped_empty`` counts the empty ones among them."""
     where = f"{label or dataset.name}/{split}"
-    samples = dataset.samples(split)
-    check_unique_ids(samples, where)
-    samples, empty = split_empty(samples)
+    built, samples, empty = take_samples(split_samples(dataset, split, settings.limit),
+                                         settings.limit, has_truth)
+    check_unique_ids(built, where)
     if not settings.skip_empty_gt:
         refuse_empty(empty, where)
-    samples = first_samples(samples, settings.limit)
     if not samples:
         raise UserError(f"split {split!r} of {dataset.name} has no samples"
                         + (f" with a ground truth ({len(empty)} empty ones left out)" if empty else ""))
@@ -196,6 +204,18 @@ def predict_maps(host: PluginHost, candidate: Candidate, samples: Sequence[Sampl
 
 
 # -- computing what the store lacks ------------------------------------------------------------
+# What a method that declares ``reads_pixels = False`` gets for each image: no pixels (a 0 x 0
+# image, so a method that reads them after all fails loudly instead of scoring a blank image).
+NO_PIXELS = np.zeros((0, 0, 3), dtype=np.uint8)
+NO_PIXELS.flags.writeable = False
+
+
+def reads_pixels(method: Method) -> bool:
+    """Whether a method needs the decoded images (the reference methods read only sizes and
+    ground truths: decoding for them is most of their time)."""
+    return bool(getattr(method, "reads_pixels", True))
+
+
 @dataclass
 class _Job:
     run: MethodRun
@@ -317,17 +337,18 @@ def _groups(samples: Sequence[Sample]) -> Iterator[list[Sample]]:
 
 def _compute(jobs: list[_Job], picks: list[tuple[int, list[Sample]]], plan: SplitPlan, store: Any,
              settings: Settings, owner: str | None, progress: JobProgress) -> None:
-    """Load a batch's images once, then let each job predict its part, score it, write it."""
-    needed = list({s.sample_id: s for _, sub in picks for s in sub}.values())
-    images = {s.sample_id: load_rgb(s.image_path, (s.height, s.width), s.sample_id,
-                                    settings.max_image_pixels) for s in needed}
+    """Decode each image of a batch once (the sentences of one image share it), and only for
+    the methods that read pixels; then let each job predict its part, score it, write it."""
+    picks = [(j, [s for s in sub if s.sample_id in jobs[j].pending]) for j, sub in picks]
+    picks = [(j, sub) for j, sub in picks if sub]
+    needed = {s.image_path: s for j, sub in picks if reads_pixels(jobs[j].method) for s in sub}
+    images = {path: load_rgb(path, (s.height, s.width), s.sample_id, settings.max_image_pixels)
+              for path, s in needed.items()}
     for j, sub in picks:
-        sub = [s for s in sub if s.sample_id in jobs[j].pending]
-        if not sub:
-            continue
         run, method = jobs[j].run, jobs[j].method
         start = time.perf_counter()
-        predictions = predict(method, run.candidate.name, sub, [images[s.sample_id] for s in sub],
+        pixels = [images.get(s.image_path, NO_PIXELS) for s in sub]
+        predictions = predict(method, run.candidate.name, sub, pixels,
                               [sample_seed(settings.seed, s.sample_id) for s in sub],
                               settings.protocol.output_size)
         rows, groups = score_batch(sub, predictions, run.candidate.name, plan.thresholds,

@@ -84,7 +84,8 @@ class Method(Protocol):
     """
 
     def predict(self, batch: Batch) -> list[Prediction]:
-        """Predict one output per sample, in order."""
+        """Predict one output per sample, in order. A method whose class sets
+        ``reads_pixels = False`` gets 0 x 0 images (nothing is decoded for it)."""
         ...
 
 

@@ -32,12 +32,17 @@ def check_unique_ids(samples: Sequence[Sample], where: str) -> None:
         seen[sample.sample_id] = sample
 
 
+def has_truth(sample: Sample) -> bool:
+    """Whether the ground truth has pixels (an empty prediction would score IoU 1 against an
+    empty one under the image protocol)."""
+    return area(dict(sample.gt)) > 0
+
+
 def split_empty(samples: Sequence[Sample]) -> tuple[list[Sample], list[Sample]]:
-    """The samples whose ground truth has pixels, and those whose ground truth is empty (an
-    empty prediction would score IoU 1 against them under the image protocol)."""
+    """The samples whose ground truth has pixels, and those whose ground truth is empty."""
     kept, empty = [], []
     for sample in samples:
-        (kept if area(dict(sample.gt)) > 0 else empty).append(sample)
+        (kept if has_truth(sample) else empty).append(sample)
     return kept, empty
 
 

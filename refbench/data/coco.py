@@ -19,7 +19,8 @@ from typing import Any
 import numpy as np
 
 from refbench.data.files import combine_hashes, file_sha256
-from refbench.data.instances import ImageRecord, Instances, read_instances
+from refbench.data.index_cache import read_instances
+from refbench.data.instances import ImageRecord, Instances
 from refbench.data.masks import decode, encode
 from refbench.data.sample import Sample
 from refbench.data.schema import Problem, Validator

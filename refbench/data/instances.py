@@ -16,7 +16,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from refbench.data.files import read_json
 from refbench.data.masks import BadSegmentation, segmentation_to_rle
 from refbench.data.schema import Fields, Problem, Validator, shown, top_level_list
 from refbench.errors import UserError
@@ -110,12 +109,6 @@ def _categories(validator: Validator, path: Path, raw: list[Any]) -> dict[int, s
         if f.ok and validator.unique(seen, category_id, path, f"categories[{index}]", "id", "give each category its own id"):
             out[category_id] = name  # type: ignore[index,assignment]
     return out
-
-
-def read_instances(path: Path, hint: str, validator: Validator,
-                   require_categories: bool = False) -> Instances:
-    """Read and index ``path``, reporting the first bad record through ``validator``."""
-    return index_instances(read_json(path, hint), path, hint, validator, require_categories)
 
 
 def index_instances(data: Any, path: Path, hint: str, validator: Validator,

@@ -24,7 +24,9 @@ def _coco_rle(rle: dict[str, Any]) -> dict[str, Any]:
 
 def encode(mask: np.ndarray) -> dict[str, Any]:
     """A binary H x W mask as compressed RLE with text counts (JSON-safe)."""
-    return _text_rle(mask_utils.encode(np.asfortranarray(mask.astype(np.uint8))))
+    # a bool array viewed as uint8 (the same bytes): one column-major copy, not two
+    return _text_rle(mask_utils.encode(np.asfortranarray(mask).view(np.uint8)
+                                       if mask.dtype == bool else np.asfortranarray(mask.astype(np.uint8))))
 
 
 def decode(rle: dict[str, Any]) -> np.ndarray:
@@ -36,6 +38,14 @@ def decode(rle: dict[str, Any]) -> np.ndarray:
 def area(rle: dict[str, Any]) -> int:
     coco = _coco_rle(rle)
     return int(mask_utils.area(coco))
+
+
+def intersection_area(a: dict[str, Any], b: dict[str, Any]) -> int:
+    """Pixels in both masks, counted on their runs (no H x W array): what a binary
+    prediction's score needs, exactly ``count_nonzero(decode(a) & decode(b))``."""
+    if list(a["size"]) != list(b["size"]):
+        raise ValueError(f"prediction shape {tuple(a['size'])} differs from ground truth {tuple(b['size'])}")
+    return int(mask_utils.area(mask_utils.merge([_coco_rle(a), _coco_rle(b)], intersect=True)))
 
 
 def bbox(rle: dict[str, Any]) -> tuple[float, float, float, float]:
@@ -64,16 +74,23 @@ def _polygon_problem(polygon: Any, index: int, height: int, width: int) -> str |
     if len(polygon) < 6 or len(polygon) % 2:
         return (f"polygon {index} has {len(polygon)} coordinates; a polygon needs an even "
                 f"number, at least 6 (x, y of 3 or more points)")
-    if not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon):
+    # exact types first (a plain list of floats: every record of a real file), the rule after
+    if not (all(type(v) is float or type(v) is int for v in polygon)
+            or all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in polygon)):
         return f"polygon {index} holds values that are not numbers"
-    xs, ys = np.asarray(polygon[0::2], dtype=float), np.asarray(polygon[1::2], dtype=float)
-    if not (np.isfinite(xs).all() and np.isfinite(ys).all()):
+    values = np.array(polygon, dtype=float)
+    if not np.isfinite(values).all():
         return f"polygon {index} has coordinates that are not finite (NaN or infinity)"
+    # contiguous copies, as np.asarray of the slices gave: the dot products below sum alike
+    xs, ys = np.ascontiguousarray(values[0::2]), np.ascontiguousarray(values[1::2])
+    x_lo, x_hi, y_lo, y_hi = float(xs.min()), float(xs.max()), float(ys.min()), float(ys.max())
     mx, my = POLYGON_MARGIN * width, POLYGON_MARGIN * height
-    if xs.min() < -mx or ys.min() < -my or xs.max() > width + mx or ys.max() > height + my:
-        return (f"polygon {index} reaches ({xs.min():g}..{xs.max():g}, {ys.min():g}..{ys.max():g}), "
+    if x_lo < -mx or y_lo < -my or x_hi > width + mx or y_hi > height + my:
+        return (f"polygon {index} reaches ({x_lo:g}..{x_hi:g}, {y_lo:g}..{y_hi:g}), "
                 f"outside the {width}x{height} image")
-    if abs(np.dot(xs, np.roll(ys, -1)) - np.dot(ys, np.roll(xs, -1))) / 2 == 0:
+    # np.roll(a, -1), without its generality's cost: the same values, so the same sums
+    shifted_x, shifted_y = np.concatenate((xs[1:], xs[:1])), np.concatenate((ys[1:], ys[:1]))
+    if abs(np.dot(xs, shifted_y) - np.dot(ys, shifted_x)) / 2 == 0:
         return f"polygon {index} has zero area (its points lie on one line)"
     return None
 

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from itertools import groupby
 from pathlib import Path
@@ -70,12 +70,25 @@ class Dataset(Protocol):
 def first_samples(samples: Sequence[Sample], limit: int | None) -> list[Sample]:
     """The first ``limit`` samples, extended to the end of the last group (an image of semantic
     data is scored as a whole)."""
-    if limit is None or limit >= len(samples):
-        return list(samples)
-    end = limit
-    while end < len(samples) and samples[end].group == samples[end - 1].group:
-        end += 1
-    return list(samples[:end])
+    return take_samples(samples, limit, lambda sample: True)[1]
+
+
+def take_samples(source: Iterable[Sample], limit: int | None,
+                 keep: Callable[[Sample], bool]) -> tuple[list[Sample], list[Sample], list[Sample]]:
+    """Read ``source`` only as far as ``first_samples(<the samples keep accepts>, limit)``
+    needs: the first ``limit`` accepted samples, to the end of the last one's group. Returns
+    every sample read, the accepted ones (cut) and the refused ones read (a reader that yields
+    its samples lazily builds only these, so ``--limit 1`` of a large split is quick)."""
+    built: list[Sample] = []
+    kept: list[Sample] = []
+    refused: list[Sample] = []
+    for sample in source:
+        accepted = keep(sample)
+        if limit is not None and len(kept) >= limit and accepted and sample.group != kept[-1].group:
+            break
+        built.append(sample)
+        (kept if accepted else refused).append(sample)
+    return built, kept, refused
 
 
 def group_batches(samples: Sequence[Sample], batch_size: int) -> Iterator[list[Sample]]:

@@ -18,7 +18,7 @@ from typing import Any, Literal
 
 import numpy as np
 
-from refbench.data.masks import decode, encode
+from refbench.data.masks import area, decode, encode, intersection_area
 from refbench.data.sample import Dataset, Sample
 from refbench.errors import UserError
 from refbench.method import Prediction
@@ -153,6 +153,15 @@ def mask_stats(mask: np.ndarray, gt: np.ndarray, thresholds: Sequence[float]) ->
     return SampleStats(inter=inter, pred_area=pred, gt_area=int(np.count_nonzero(gt)))
 
 
+def rle_mask_stats(mask_rle: dict[str, Any], gt_rle: dict[str, Any],
+                   thresholds: Sequence[float]) -> SampleStats:
+    """``mask_stats`` of a mask and a truth given as RLE: the same counts, taken on runs."""
+    t = len(thresholds)
+    inter = np.full(t, intersection_area(mask_rle, gt_rle), dtype=np.int64)
+    pred = np.full(t, area(mask_rle), dtype=np.int64)
+    return SampleStats(inter=inter, pred_area=pred, gt_area=area(gt_rle))
+
+
 def prediction_map(prediction: Prediction, sample: Sample, method: str,
                    size: int | None = None) -> np.ndarray:
     """The prediction validated: float32 scores in [0, 1], or a bool mask, at the image's size
@@ -190,16 +199,19 @@ def score_batch(samples: Sequence[Sample], predictions: Sequence[Prediction], me
         maps = [protocol.squash(m, nearest=m.dtype == bool) for m in maps]
     rows = []
     for sample, prediction, array in zip(samples, predictions, maps):
-        gt = decode(sample.gt)
-        if protocol.output_size:
-            gt = protocol.squash(gt, nearest=True)
         is_mask = array.dtype == bool
-        stats = mask_stats(array, gt, thresholds) if is_mask else score_map_stats(array, gt, thresholds)
+        mask_rle = encode(array if is_mask else array >= MASK_THRESHOLD)
+        if is_mask and not protocol.output_size:  # the stored RLE against the truth's: no pixels
+            stats = rle_mask_stats(mask_rle, dict(sample.gt), thresholds)
+        else:
+            gt = decode(sample.gt)
+            if protocol.output_size:
+                gt = protocol.squash(gt, nearest=True)
+            stats = mask_stats(array, gt, thresholds) if is_mask else score_map_stats(array, gt, thresholds)
         rows.append(SampleRow(
             sample_id=sample.sample_id, image_id=sample.image_id, group_id=sample.group,
             inter=stats.inter, pred_area=stats.pred_area, gt_area=stats.gt_area,
-            is_mask=is_mask, mask_rle=encode(array if is_mask else array >= MASK_THRESHOLD),
-            meta=dict(sample.meta), info=dict(prediction.info)))
+            is_mask=is_mask, mask_rle=mask_rle, meta=dict(sample.meta), info=dict(prediction.info)))
     groups: list[GroupRow] = []
     if dataset is not None and dataset.task == "semantic":
         indexed = list(zip(samples, maps))
