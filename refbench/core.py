@@ -19,6 +19,7 @@ work, split it between processes and score it in exactly one way:
 
 from __future__ import annotations
 
+import dataclasses
 import tempfile
 import time
 from collections import deque
@@ -426,7 +427,10 @@ def run_evaluation(host: PluginHost, candidates: Sequence[Candidate], source: Da
     root = source.resolved_root(host)
     if calibration.split is not None and calibration.split not in splits:
         available = dataset.splits()
-        if calibration.split not in available:
+        if calibration.split not in available and calibration.defaulted:
+            calibration = dataclasses.replace(calibration, split=None)  # report at the fixed one
+            calibration.check(list(splits), settings.thresholds, f"dataset {source.name}")
+        elif calibration.split not in available:
             raise UserError(f"the calibration split {calibration.split!r} is not a split of "
                             f"{source.name} ({', '.join(available)}): pass --calibration-split "
                             f"with one of them (calibration: split: in a spec), or 'none' to "

@@ -192,14 +192,12 @@ def test_image_ids_from_numeric_names_else_positions():
 
 @pytest.mark.parametrize("name", ["voc", "context", "coco-object"])
 def test_gt_box_semantic_miou_through_the_cli(name, zeroshot_roots, tmp_path):
+    """The command as a user types it. VOC and Context report val, so nothing is calibrated;
+    COCO-Object has no val (its split is val2017), so the default calibration split gives way
+    to the fixed threshold, as the default does when val is reported."""
     out = tmp_path / name
-    # VOC and Context: the command as a user types it (val is reported, so nothing is
-    # calibrated); COCO-Object's split is val2017, so the CLI's default calibration split (val)
-    # is turned off: a mask scores the same at every threshold
-    calibration = ["--calibration-split", "none"] if name == "coco-object" else []
     result = run_cli("run", "--methods", "gt_box", "--dataset", name, "--split", SPLIT[name],
-                     "--data-root", str(zeroshot_roots[name]), "--out", str(out), "--no-progress",
-                     *calibration)
+                     "--data-root", str(zeroshot_roots[name]), "--out", str(out), "--no-progress")
     assert result.returncode == 0, result.stderr
     semantic = json.loads((out / "results.json").read_text())["results"]["gt_box"]["semantic"]
     assert semantic["mIoU"] == pytest.approx(float(EXPECTED[name]), abs=1e-9)

@@ -44,6 +44,7 @@ def calibration(args: argparse.Namespace) -> tuple[Any, str | None]:
 
     split = args.calibration_split
     note = None
+    defaulted = split is None
     if split is None:
         split = "val"
         if args.split == "val" and not args.tune_on_reported_split:
@@ -52,7 +53,8 @@ def calibration(args: argparse.Namespace) -> tuple[Any, str | None]:
                     f"the reported split (pass --calibration-split train to calibrate there)")
     elif split.lower() == "none":
         split = None
-    return Calibration(split, args.criterion, args.tune_on_reported_split, args.threshold), note
+    return Calibration(split, args.criterion, args.tune_on_reported_split, args.threshold,
+                       defaulted), note
 
 
 def evaluate_into_folder(host: Any, args: argparse.Namespace, candidates: Any,

@@ -43,6 +43,9 @@ class Calibration:
     criterion: str = DEFAULT_CRITERION
     tune_on_reported_split: bool = False
     fixed: float = 0.5
+    # the split is the command line's default, not the user's choice: a data set without it
+    # (COCO-Object's split is val2017) then reports at ``fixed`` instead of failing
+    defaulted: bool = False
 
     def __post_init__(self) -> None:
         check_criterion(self.criterion)
