@@ -285,9 +285,9 @@ class Store:
             elif have != columns:
                 missing = [c for c in columns if c not in have]
                 extra = [c for c in have if c not in columns]
-                differences.append(f"{table} " + ", ".join(
-                    [f"lacks {', '.join(missing)}"] * bool(missing) + [f"has {', '.join(extra)}"] * bool(extra)
-                    or ["has its columns in another order"]))
+                parts = ([f"lacks {', '.join(missing)}"] if missing else []) + (
+                    [f"has {', '.join(extra)}"] if extra else [])
+                differences.append(f"{table} {', '.join(parts) or 'has its columns in another order'}")
         if differences:
             raise UserError(f"{self.path} has another table layout ({'; '.join(differences)}) "
                             f"than this refbench's schema {SCHEMA_VERSION}; the file was left as "

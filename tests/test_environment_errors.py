@@ -5,7 +5,6 @@ committed before it stay."""
 from __future__ import annotations
 
 import json
-import os
 import re
 import sqlite3
 import subprocess
@@ -176,4 +175,3 @@ def test_unexpected_errors_are_one_line_with_the_debug_hint(shapes_root: Path, t
     lines = [line for line in result.stderr.splitlines() if line.strip()]
     assert result.returncode == 1 and len(lines) == 1, result.stderr
     assert "internal error" in lines[0] and "--debug" in lines[0]
-    assert os.environ.get("HF_HUB_OFFLINE") == "1"

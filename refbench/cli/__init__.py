@@ -85,10 +85,10 @@ def environment_message(error: OSError) -> str:
     """One line for an ``OSError`` of the environment: the path, the cause, the fix."""
     where = f" on {error.filename}" if error.filename else ""
     cause = ENVIRONMENT_ERRORS[error.errno]
-    fix = {errno.ENOSPC: "free some space or write elsewhere (--out); rows stored before are kept, "
-                         "rerun to resume",
-           errno.EDQUOT: "free some space or write elsewhere (--out); rows stored before are kept"}.get(
-        error.errno, "fix the path's permissions or write elsewhere (--out)")
+    if error.errno in (errno.ENOSPC, errno.EDQUOT):
+        fix = "free some space or write elsewhere (--out); rows stored before are kept, rerun to resume"
+    else:
+        fix = "fix the path's permissions or write elsewhere (--out)"
     return f"{error.strerror or cause}{where}: {cause}; {fix}"
 
 

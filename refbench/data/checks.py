@@ -56,14 +56,10 @@ def refuse_empty(empty: Sequence[Sample], where: str) -> None:
                         f"spec) to leave such samples out, counted in results.json")
 
 
-def check_headers(samples: Sequence[Sample], max_pixels: int = DEFAULT_MAX_PIXELS) -> Counter[str]:
-    """Each distinct image's header against its annotation's size and the pixel limit; returns
-    how many images there are of each mode and bit depth."""
-    modes: Counter[str] = Counter()
+def check_headers(samples: Sequence[Sample], max_pixels: int = DEFAULT_MAX_PIXELS) -> None:
+    """Each distinct image's header against its annotation's size and the pixel limit."""
     for path, sample in {s.image_path: s for s in samples}.items():
-        header = read_header(path, (sample.height, sample.width), sample.sample_id, max_pixels)
-        modes[f"{header.mode} {header.bits}-bit"] += 1
-    return modes
+        read_header(path, (sample.height, sample.width), sample.sample_id, max_pixels)
 
 
 @dataclass
@@ -126,7 +122,7 @@ def check_split(dataset: Dataset, split: str, validator: Validator,
     for path, sample in images.items():
         try:
             header = read_header(path, (sample.height, sample.width), sample.sample_id, max_pixels)
-            result.modes[f"{header.mode} {header.bits}-bit"] += 1
+            result.modes[header.kind] += 1
             if decode:
                 load_rgb(path, (sample.height, sample.width), sample.sample_id, max_pixels)
         except UserError as error:

@@ -49,6 +49,11 @@ class ImageHeader:
             return 16
         return {"1": 1, "I": 32, "F": 32}.get(self.mode, 8)
 
+    @property
+    def kind(self) -> str:
+        """Mode and bit depth, as ``refbench data check`` tallies images: "RGB 8-bit"."""
+        return f"{self.mode} {self.bits}-bit"
+
 
 def _open(path: Path, sample_id: str) -> Image.Image:
     """Open lazily with Pillow's bomb check off (ours, with the option named, runs next)."""

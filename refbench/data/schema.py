@@ -13,7 +13,6 @@ data root in one pass).
 
 from __future__ import annotations
 
-import math
 from collections.abc import Hashable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -136,15 +135,6 @@ class Fields:
             return None
         return self.integer(key) if present else None
 
-    def number(self, key: str, required: bool = True, default: float | None = None) -> float | None:
-        present, value = self._get(key, required, default)
-        if not present:
-            return value
-        if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
-            self.problem(key, f"is {shown(value)} ({_kind(value)}), not a finite number")
-            return None
-        return float(value)
-
     def text(self, key: str, required: bool = True, default: str | None = None,
              nonempty: bool = False) -> str | None:
         present, value = self._get(key, required, default)
@@ -169,11 +159,6 @@ class Fields:
             self.problem(key, "is an empty list")
             return None
         return list(value)
-
-    def raw(self, key: str, required: bool = True) -> Any:
-        """A field whose shape is checked by the caller (a segmentation, say)."""
-        present, value = self._get(key, required, None)
-        return value if present else None
 
 
 def top_level_list(validator: Validator, file: Path, data: Any, key: str, fix: str) -> list[Any]:

@@ -53,21 +53,20 @@ def _norm(norm: Any, x: torch.Tensor) -> torch.Tensor:
     return x if norm is None else norm(x)
 
 
+# (fused projection, query, key, query norm, key norm) of each stream of a joint attention layer
+_STREAMS = {False: ("to_qkv", "to_q", "to_k", "norm_q", "norm_k"),
+            True: ("to_added_qkv", "add_q_proj", "add_k_proj", "norm_added_q", "norm_added_k")}
+
+
 def _queries_keys(attn: Any, hidden: torch.Tensor, added: bool) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, heads, S, d) queries and keys of the image stream, or (``added``) the text stream."""
-    if added:
-        if getattr(attn, "fused_projections", False) and hasattr(attn, "to_added_qkv"):
-            q, k, _ = attn.to_added_qkv(hidden).chunk(3, dim=-1)
-        else:
-            q, k = attn.add_q_proj(hidden), attn.add_k_proj(hidden)
-        return (_norm(getattr(attn, "norm_added_q", None), _heads(q, attn.heads)),
-                _norm(getattr(attn, "norm_added_k", None), _heads(k, attn.heads)))
-    if getattr(attn, "fused_projections", False) and hasattr(attn, "to_qkv"):
-        q, k, _ = attn.to_qkv(hidden).chunk(3, dim=-1)
+    fused, to_q, to_k, norm_q, norm_k = _STREAMS[added]
+    if getattr(attn, "fused_projections", False) and hasattr(attn, fused):
+        q, k, _ = getattr(attn, fused)(hidden).chunk(3, dim=-1)
     else:
-        q, k = attn.to_q(hidden), attn.to_k(hidden)
-    return (_norm(getattr(attn, "norm_q", None), _heads(q, attn.heads)),
-            _norm(getattr(attn, "norm_k", None), _heads(k, attn.heads)))
+        q, k = getattr(attn, to_q)(hidden), getattr(attn, to_k)(hidden)
+    return (_norm(getattr(attn, norm_q, None), _heads(q, attn.heads)),
+            _norm(getattr(attn, norm_k, None), _heads(k, attn.heads)))
 
 
 def _rotate(q: torch.Tensor, k: torch.Tensor, rotary: Any) -> tuple[torch.Tensor, torch.Tensor]:
