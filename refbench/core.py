@@ -106,9 +106,16 @@ class SplitPlan:
     def semantic(self) -> bool:
         return self.dataset.task == "semantic"
 
+    @property
+    def background(self) -> bool | None:
+        """Semantic data: whether background is a class of the protocol (VOC21) or ignored
+        (VOC20); None for referring data."""
+        return bool(getattr(self.dataset, "background", True)) if self.semantic else None
+
     def info(self) -> SplitInfo:
         return SplitInfo(self.dataset.name, self.split, self.dataset.task, str(self.root),
-                         self.fingerprint, len(self.samples), self.skipped_empty)
+                         self.fingerprint, len(self.samples), self.skipped_empty,
+                         getattr(self.dataset, "benchmark", ""))
 
 
 def split_samples(dataset: Dataset, split: str, limit: int | None) -> Iterable[Sample]:
@@ -177,9 +184,11 @@ def start_run(candidate: Candidate, method: Method, plan: SplitPlan, store: Any,
 
 # -- predicting ------------------------------------------------------------------------------
 def predict(method: Method, name: str, samples: list[Sample], images: list[np.ndarray],
-            seeds: list[int], size: int | None = None) -> list[Prediction]:
-    """The one place a method is called (``size``: the protocol's square, if it has one)."""
-    predictions = method.predict(Batch(samples, images, seeds, size))
+            seeds: list[int], size: int | None = None,
+            background: bool | None = None) -> list[Prediction]:
+    """The one place a method is called (``size``: the protocol's square, if it has one;
+    ``background``: the semantic protocol, see ``Batch``)."""
+    predictions = method.predict(Batch(samples, images, seeds, size, background))
     if not isinstance(predictions, (list, tuple)) or len(predictions) != len(samples):
         got = len(predictions) if isinstance(predictions, (list, tuple)) else type(predictions).__name__
         raise UserError(f"method {name!r} returned {got} predictions for {len(samples)} samples: "
@@ -351,7 +360,7 @@ def _compute(jobs: list[_Job], picks: list[tuple[int, list[Sample]]], plan: Spli
         pixels = [images.get(s.image_path, NO_PIXELS) for s in sub]
         predictions = predict(method, run.candidate.name, sub, pixels,
                               [sample_seed(settings.seed, s.sample_id) for s in sub],
-                              settings.protocol.output_size)
+                              settings.protocol.output_size, plan.background)
         rows, groups = score_batch(sub, predictions, run.candidate.name, plan.thresholds,
                                    plan.dataset, settings.protocol)
         store.write(run.record.run_key, rows, groups, owner=owner)

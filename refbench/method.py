@@ -33,12 +33,20 @@ class Batch:
     ``size``, when set, is the side of the square the evaluation protocol scores at (VPD's
     protocol: 512): a method may return its maps at that size directly (``output_size``), as the
     original code would; maps at the image's size are resized by the scorer either way.
+
+    ``background`` is the open-vocabulary protocol of semantic data: True where background is a
+    class (VOC21, Context60: a pixel whose best class score is under the threshold is
+    background), False where it is ignored and every pixel takes a class (VOC20, PC59, ADE20K);
+    None for referring data or when unknown. Some originals prompt differently under the two
+    (Seg4Diff adds a "background" word only to the class lists that have the class); a method
+    may read it, and must not need it.
     """
 
     samples: list[Sample]
     images: list[np.ndarray]
     seeds: list[int]
     size: int | None = None
+    background: bool | None = None
 
     def __len__(self) -> int:
         return len(self.samples)
@@ -93,3 +101,22 @@ def weights_fingerprint(method: Any) -> str:
     """The method's weights hash if it declares one (trained checkpoints), else ''."""
     fn = getattr(method, "weights_fingerprint", None)
     return str(fn()) if callable(fn) else ""
+
+
+def at_reporting_threshold(scores: np.ndarray, threshold: float, reported: float = 0.5) -> np.ndarray:
+    """Scores in [0, 1] remapped so that a method's own fixed threshold lands on ``reported``.
+
+    Some originals decide foreground by a rule of their own (iSeg: background where
+    (1 - max)^2 >= max, i.e. max <= (3 - sqrt 5) / 2). The harness reports every score map at one
+    threshold of its sweep (0.5 when nothing is calibrated), so such a method hands over its maps
+    through this map: piecewise linear, increasing, 0 -> 0, ``threshold`` -> ``reported``, 1 -> 1.
+    It keeps every per-pixel order (the argmax over classes is unchanged), so at ``reported`` the
+    masks and label maps are the original's, and a calibrated threshold still sweeps the same
+    family of masks. A score exactly at ``threshold`` lands on ``reported`` and counts as
+    foreground (the scorer's rule is score >= threshold)."""
+    if not 0.0 < threshold < 1.0:
+        raise ValueError(f"threshold must be in (0, 1), got {threshold}")
+    scores = np.asarray(scores, dtype=np.float32)
+    low = scores * np.float32(reported / threshold)
+    high = np.float32(reported) + (scores - np.float32(threshold)) * np.float32((1 - reported) / (1 - threshold))
+    return np.clip(np.where(scores < threshold, low, high), 0.0, 1.0).astype(np.float32)

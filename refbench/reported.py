@@ -53,6 +53,20 @@ class Reported:
     metrics: dict[str, float] = field(default_factory=dict)  # percent
     threshold: float | None = None
     curve: dict[str, Any] | None = None  # {param, metric, points: {value: percent}}
+    # semantic figures: the open-vocabulary protocol (True: background a class, VOC21 / Context60;
+    # False: background ignored, VOC20 / PC59) and where the image's class labels came from
+    # ("true": the ground truth's classes, as refbench's protocol; else how they were predicted)
+    background: bool | None = None
+    image_labels: str = ""
+
+    def protocol_line(self) -> str:
+        """The protocol as one line: the background rule, the labels, then the free text."""
+        parts = []
+        if self.background is not None:
+            parts.append("with background" if self.background else "without background")
+        if self.image_labels:
+            parts.append(f"image labels: {self.image_labels}")
+        return "; ".join(parts + ([self.protocol] if self.protocol else []))
 
 
 def _section(data: Any, where: str, keys: set[str], required: set[str]) -> dict[str, Any]:
@@ -86,7 +100,7 @@ def load_registry(path: Path) -> dict[str, Reported]:
                                w.get("url"))
     out: dict[str, Reported] = {}
     keys = {"id", "work", "method", "source", "dataset", "split", "backbone", "protocol",
-            "metrics", "threshold", "curve"}
+            "metrics", "threshold", "curve", "background", "image_labels"}
     for i, raw in enumerate(top["results"] or []):
         where = f"{path.name}: results[{i}]"
         r = _section(raw, where, keys, {"id", "work", "method", "source", "dataset", "split"})
@@ -100,10 +114,17 @@ def load_registry(path: Path) -> dict[str, Reported]:
             raise UserError(f"{where}: give metrics or a curve")
         if str(r["id"]) in out:
             raise UserError(f"{where}: id {r['id']!r} is used twice")
+        background = r.get("background")
+        if background is not None and not isinstance(background, bool):
+            raise UserError(f"{where}: background must be true or false, got {background!r}")
+        if SEMANTIC_MIOU in metrics and (background is None or not r.get("image_labels")):
+            raise UserError(f"{where}: a semantic figure must record its protocol: give "
+                            f"background (true: VOC21 / Context60; false: VOC20 / PC59) and "
+                            f"image_labels (true, or how they were predicted)")
         out[str(r["id"])] = Reported(
             str(r["id"]), works[r["work"]], str(r["method"]), str(r["source"]), str(r["dataset"]),
             str(r["split"]), str(r.get("backbone") or ""), str(r.get("protocol") or ""), metrics,
-            r.get("threshold"), r.get("curve"))
+            r.get("threshold"), r.get("curve"), background, str(r.get("image_labels") or ""))
     return out
 
 

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import contextlib
+import io
 import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -54,25 +57,66 @@ def _no_env_plugins(monkeypatch: pytest.MonkeyPatch):
 
 
 def run_cli(*args: str, cwd: Path | None = None, env: dict[str, str] | None = None,
-            timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run ``python -m refbench`` in a subprocess (exit codes and stderr as a user sees them)."""
-    full_env = {**os.environ, **(env or {})}
-    full_env["PYTHONPATH"] = os.pathsep.join(
-        p for p in [str(REPO), full_env.get("PYTHONPATH", "")] if p)
-    return subprocess.run([sys.executable, "-m", "refbench", *args], cwd=cwd, env=full_env,
-                          capture_output=True, text=True, timeout=timeout)
+            timeout: float = 300, subprocess_: bool = False) -> subprocess.CompletedProcess:
+    """Run the command line as a user would and return its exit code, stdout and stderr.
+
+    In this process by default (``run_cli_here`` with ``env`` and ``cwd`` applied for the call):
+    a new interpreter pays seconds of torch and diffusers imports per call. ``subprocess_=True``
+    runs ``python -m refbench`` in a new process: for the tests of the real entry point, of
+    what a fresh process imports, and of anything that kills or signals the process. Setting
+    REFBENCH_TEST_SUBPROCESS=1 runs every call in a subprocess (the slower, stricter run)."""
+    if subprocess_ or os.environ.get("REFBENCH_TEST_SUBPROCESS") == "1":
+        full_env = {**os.environ, **(env or {})}
+        full_env["PYTHONPATH"] = os.pathsep.join(
+            p for p in [str(REPO), full_env.get("PYTHONPATH", "")] if p)
+        return subprocess.run([sys.executable, "-m", "refbench", *args], cwd=cwd, env=full_env,
+                              capture_output=True, text=True, timeout=timeout)
+    with _applied(env or {}, cwd):
+        return run_cli_here(*args)
+
+
+@contextlib.contextmanager
+def _applied(env: dict[str, str], cwd: Path | None) -> Iterator[None]:
+    """``env`` set (PYTHONPATH entries also put on sys.path) and ``cwd`` entered, for one call."""
+    saved_env = {k: os.environ.get(k) for k in env}
+    saved_path, saved_cwd = list(sys.path), os.getcwd()
+    try:
+        os.environ.update(env)
+        extra = [p for p in env.get("PYTHONPATH", "").split(os.pathsep) if p]
+        sys.path[:0] = [p for p in extra if p not in sys.path]
+        if cwd is not None:
+            os.chdir(cwd)
+        yield
+    finally:
+        os.chdir(saved_cwd)
+        sys.path[:] = saved_path
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def _printed_warning(message, category, filename, lineno, file=None, line=None) -> None:
+    import warnings
+
+    sys.stderr.write(warnings.formatwarning(message, category, filename, lineno, line))
 
 
 def run_cli_here(*args: str) -> subprocess.CompletedProcess:
     """Run the command line in this process: what ``run_cli`` shows (exit code, stdout, stderr)
-    without a new interpreter's seconds of imports, for the many small bad-input cases."""
-    import contextlib
-    import io
+    without a new interpreter's seconds of imports."""
+    import warnings
 
     from refbench.cli import main
 
     out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err), \
+            warnings.catch_warnings():
+        # as a fresh interpreter shows them (pytest records warnings instead of printing them)
+        warnings.resetwarnings()
+        warnings.simplefilter("default")
+        warnings.showwarning = _printed_warning
         try:
             code = main(list(args))
         except SystemExit as exit_:  # argparse

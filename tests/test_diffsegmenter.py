@@ -218,3 +218,36 @@ def test_bad_weights_length(shapes_root: Path, tmp_path: Path):
                      "--set", "*.backbone=tiny", "--set", "diffsegmenter.weights=0.5,0.5",
                      "--limit", "1", "--out", str(tmp_path), "--no-progress")
     assert_user_error(result, "weights has 2 entries", "4 resolutions")
+
+
+def test_caption_ing_word_is_read_with_the_noun(val_samples):
+    """The original's caption scripts read the next token too when the caption's next word ends
+    in -ing ("a photograph of cat++ sitting ...")."""
+    sample = val_samples[0]
+    with_ing = DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True), host=HOST)
+    without = DiffSegmenter(DiffSegmenterConfig(**TINY, captions=True, ing_next=False), host=HOST)
+    plan = with_ing._plan("the red circle sitting on a mat", sample)
+    words = plan.alignment.word_spans
+    sitting = next(span for span in words if plan.prompt[span[0]:span[1]] == "sitting")
+    circle = next(span for span in words if plan.prompt[span[0]:span[1]] == "circle")
+    assert plan.target_positions == plan.alignment.positions(*circle) + plan.alignment.positions(*sitting)
+    assert plan.info["ing_next"] == 1
+    assert without._plan("the red circle sitting on a mat", sample).target_positions == \
+        plan.alignment.positions(*circle)
+    # not a caption, or no -ing word next: the noun alone
+    assert with_ing._plan("the red circle on a mat", sample).target_positions == \
+        plan.alignment.positions(*circle)
+    assert "ing_next" not in DiffSegmenter(DiffSegmenterConfig(**TINY), host=HOST)._plan(
+        "the red circle sitting on a mat", sample).info
+
+
+def test_max_queries_drops_the_finest_layers_as_the_original(val_samples):
+    """tiny's finest attention is 16 x 16 = 256 queries: a cap of 64 keeps 8 x 8 and coarser,
+    which is what a 4096 cap does to an SD 2.1-v at 768 (96 x 96)."""
+    batch = _batch(val_samples[:2])
+    full = DiffSegmenter(DiffSegmenterConfig(**TINY), host=HOST)
+    capped = DiffSegmenter(DiffSegmenterConfig(**TINY, max_queries=64), host=HOST)
+    assert full._finest_kept(16) == 16 and capped._finest_kept(16) == 8
+    a, b = full.predict(batch), capped.predict(batch)
+    assert all(not np.allclose(x.scores, y.scores) for x, y in zip(a, b))
+    assert DiffSegmenter(DiffSegmenterConfig(**TINY, max_queries=0), host=HOST)._finest_kept(16) == 16

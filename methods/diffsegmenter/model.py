@@ -37,7 +37,7 @@ from refbench.diffusion.attention import AttentionRecord
 from refbench.diffusion.backbone import Backbone, load_backbone
 from refbench.diffusion.denoisers import (Conditioning, capture, conditioning, denoise,
                                           finest_attention, noised, token_layout)
-from refbench.diffusion.families import FAMILIES, require_family
+from refbench.diffusion.families import FAMILIES, UNET_FAMILIES, require_family
 from refbench.diffusion.latents import latents_and_noise
 from refbench.diffusion.parsing import Referent, find_referent
 from refbench.diffusion.prompts import JointAlignment, TokenAlignment, align_layout
@@ -75,6 +75,12 @@ class DiffSegmenterConfig:
     normalize: Literal["after_resize", "before_resize"] = "after_resize"  # the final min-max
     emphasis: float = COMPEL_PLUS  # Compel's "++" on the word read; 1: no up-weighting
     class_token: Literal["last", "root"] = "last"  # class names: their last token, or the root noun
+    # UNet attention layers with more queries than this are not recorded, as the original's
+    # AttentionStore keeps only ``attn.shape[1] <= 64 ** 2``; 0: keep every layer
+    max_queries: int = 4096
+    # with captions: when the word after the read word ends in "-ing" ("a cat sitting"), its
+    # token is read too, as the original's caption scripts do; False reads the word alone
+    ing_next: bool = True
 
     def validate(self) -> None:
         if self.prompt_template.count(PLACEHOLDER) != 1:
@@ -91,6 +97,9 @@ class DiffSegmenterConfig:
             raise ValueError("image_size must be 0 (native) or a positive multiple of 8")
         if not self.emphasis > 0:
             raise ValueError(f"emphasis must be positive (1: none; Compel's ++ is 1.21), got {self.emphasis}")
+        if self.max_queries < 0:
+            raise ValueError(f"max_queries must be 0 (keep every layer) or a positive number of "
+                             f"queries (the original's 4096), got {self.max_queries}")
 
 
 @dataclass(frozen=True)
@@ -198,6 +207,11 @@ class DiffSegmenter:
             spans = referent.group if self.config.target == "chunk" else (referent.root,)
             target = [p for span in spans for p in alignment.positions(*span)]
             emphasis = alignment.positions(*referent.root)
+            if self.config.captions and self.config.ing_next:
+                following = [span for span in alignment.word_spans if span[0] >= referent.root[1]][:1]
+                if following and prompt[following[0][0]:following[0][1]].lower().endswith("ing"):
+                    target += [p for p in alignment.positions(*following[0]) if p not in target]
+                    info["ing_next"] = 1
         if not target:
             raise UserError(f"sample {sample.sample_id}: the expression {text!r} has no token "
                             f"the model's tokenizer can read for its referent: fix or drop that "
@@ -265,7 +279,7 @@ class DiffSegmenter:
              latent: int) -> torch.Tensor:
         """Weighted sum of the min-max-normalised target maps of every resolution, at the finest
         attention grid: (B, r, r). A single grid (an MM-DiT) is its map alone."""
-        resolutions = record.resolutions()
+        resolutions = [r for r in record.resolutions() if r <= finest]  # max_queries' drop
         weights = [1.0] if len(resolutions) == 1 else level_weights(self.config.weights, resolutions, latent)
         mixed = None
         for resolution, weight in zip(resolutions, weights):
@@ -279,6 +293,18 @@ class DiffSegmenter:
             mixed = term if mixed is None else mixed + term
         assert mixed is not None  # level_weights refuses an all-zero mapping
         return mixed
+
+    def _finest_kept(self, finest: int) -> int:
+        """The finest UNet attention grid the original records: layers of more than
+        ``max_queries`` queries are dropped (SD 1.5 at 512 keeps all, its finest is 64 x 64 =
+        4096; an SD 2.1-v at 768, whose finest is 96 x 96, keeps 48 x 48 and coarser). An
+        MM-DiT attends at one grid only, which is always kept."""
+        cap = self.config.max_queries
+        if not cap or self.backbone.family not in UNET_FAMILIES:
+            return finest
+        while finest * finest > cap and finest > 1:
+            finest //= 2
+        return finest
 
     @torch.no_grad()
     def score_maps(self, batch: Batch) -> tuple[torch.Tensor, list[_PromptPlan]]:
@@ -294,7 +320,7 @@ class DiffSegmenter:
                                            posterior=self.config.posterior,
                                            antialias=self.config.antialias)
         latent = latents.shape[-1]
-        finest = finest_attention(bb, latent)
+        finest = self._finest_kept(finest_attention(bb, latent))
         total = None
         for t in self.config.timesteps:
             timestep = torch.full((len(plans),), t, dtype=torch.long, device=latents.device)

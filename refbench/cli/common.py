@@ -63,12 +63,22 @@ def dataset_options(p: argparse.ArgumentParser, default_split: str = "val") -> N
                    help="dataset folder (default: ./data/<the dataset's folder>)")
     p.add_argument("--split-by", default=None, help="RefCOCO family: unc, google or umd (default: the data set's)")
     p.add_argument("--image-dir", type=Path, default=None, help="image folder, if not the layout's")
+    p.add_argument("--data-option", dest="data_options", action="append", default=[],
+                   metavar="KEY=VALUE",
+                   help="a reader option, e.g. background=false (VOC20, PC59, COCO-Object80) or "
+                        "prompt_names=groupvit; checked against the reader's options")
 
 
 def dataset_source(args: argparse.Namespace) -> Any:
     from refbench.data.source import DataSource
 
     options: dict[str, Any] = {}
+    for item in getattr(args, "data_options", []):
+        key, sep, value = item.partition("=")
+        if not sep or not key.strip():
+            raise UserError(f"--data-option {item!r} is not KEY=VALUE: write e.g. "
+                            f"--data-option background=false")
+        options[key.strip()] = value
     if args.split_by:
         options["split_by"] = args.split_by
     if args.image_dir:

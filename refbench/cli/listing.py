@@ -80,6 +80,8 @@ def reported(args: argparse.Namespace) -> int:
     for key, e in entries.items():
         figures = ", ".join(f"{k} {v:.2f}" for k, v in e.metrics.items()) or curve_text(e)
         print(f"{key.ljust(width)}  {e.method} on {e.dataset} {e.split}: {figures}")
+        if e.protocol_line():
+            print(f"{'':{width}}  protocol: {e.protocol_line()}")
         print(f"{'':{width}}  {e.work.citation()}; {e.source}")
     return 0
 

@@ -23,10 +23,18 @@ def add(sub: Any) -> None:
     p.set_defaults(handler=report)
 
     p = sub.add_parser("regress", help="recompute a spec's leaderboards and compare them with its "
-                       "committed baseline (exit 1 on a regression)",
-                       epilog="example:\n  refbench regress leaderboards/ci.yaml")
+                       "committed baseline (exit 0: within tolerance, 1: a regression, 2: an error)",
+                       epilog="examples:\n  refbench regress leaderboards/ci.yaml\n"
+                              "  refbench regress my.yaml --update      (write the baseline of your spec)\n"
+                              "  refbench regress my.yaml --junit regress.xml --summary regress.md",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("spec", type=Path, help="a spec with a 'regress:' section, e.g. leaderboards/ci.yaml")
-    p.add_argument("--update", action="store_true", help="rewrite the baseline with the current figures")
+    p.add_argument("--update", action="store_true",
+                   help="write (or rewrite) the baseline with the current figures")
+    p.add_argument("--junit", type=Path, default=None,
+                   help="write a JUnit XML report: one test case per checked figure")
+    p.add_argument("--summary", type=Path, default=None,
+                   help="write a Markdown summary (also appended to $GITHUB_STEP_SUMMARY when set)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=regress)
 
@@ -67,4 +75,4 @@ def regress(args: argparse.Namespace) -> int:
     from refbench.report.spec import load_spec
 
     return run_regress(common.host(args), load_spec(args.spec), update=args.update,
-                       progress=not args.no_progress)
+                       progress=not args.no_progress, junit=args.junit, summary=args.summary)

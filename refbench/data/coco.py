@@ -36,9 +36,12 @@ class CocoSemanticDataset:
     task = "semantic"
 
     def __init__(self, root: Path, name: str = "coco", image_dir: str | Path | None = None,
-                 image_subdir: str = "{split}"):
+                 image_subdir: str = "{split}", background: bool = True):
         self.root = Path(root)
         self.name = name
+        # the protocol: background a class (True), or ignored with every other pixel taking one
+        # of the classes prompted (False), as LabelMapDataset's option of the same name
+        self.background = bool(background)
         self._image_dir = Path(image_dir) if image_dir else None
         self.image_subdir = image_subdir
         # strict: the first bad record is the error; `refbench data check` collects them all
@@ -77,8 +80,13 @@ class CocoSemanticDataset:
 
     def fingerprint(self, split: str) -> str:
         self._instances(split)  # validates presence first
-        return combine_hashes("coco-semantic", self.name, split,
+        protocol = () if self.background else ("background=False",)  # older keys kept
+        return combine_hashes("coco-semantic", self.name, split, *protocol,
                               file_sha256(self._instances_path(split)))
+
+    @property
+    def benchmark(self) -> str:
+        return f"{self.name} ({'with' if self.background else 'without'} background)"
 
     def _paint(self, instances: Instances, image: ImageRecord) -> np.ndarray | None:
         """The image's label map; None when one of its annotations had a (collected) problem."""
@@ -138,7 +146,7 @@ class CocoSemanticDataset:
             ignore, class_rles = self._label_rles[image_id]
         except KeyError:
             raise KeyError(f"image {image_id} was not listed by samples()") from None
-        labels = np.where(decode(ignore), IGNORE, BACKGROUND).astype(np.uint8)
+        labels = np.where(decode(ignore) | (not self.background), IGNORE, BACKGROUND).astype(np.uint8)
         for category, rle in class_rles.items():
             labels[decode(rle)] = category
         return labels

@@ -36,8 +36,10 @@ BACKGROUND = 0
 _NUMERIC_NAME = re.compile(r"\d+(_\d+)*")
 
 
-def read_label_map(path: Path, labels: LabelSet) -> np.ndarray:
-    """A label PNG as an H x W uint8 array of class indices, checked against the label set."""
+def read_label_map(path: Path, labels: LabelSet, offset: int = 0) -> np.ndarray:
+    """A label PNG as an H x W uint8 array of class indices, checked against the label set.
+
+    ``offset`` is added to every value but 255 (Cityscapes' trainIds 0..18 become 1..19)."""
     try:
         with Image.open(path) as image:
             mode = image.mode
@@ -51,12 +53,16 @@ def read_label_map(path: Path, labels: LabelSet) -> np.ndarray:
         raise UserError(f"label map {path} is a {mode} image, not class indices (a palette or "
                         f"greyscale PNG): use the original annotation PNGs, not colour renderings")
     values = np.unique(array)
-    bad = [int(v) for v in values if v > labels.last_label and v != IGNORE]
+    highest = labels.last_label - offset
+    bad = [int(v) for v in values if v > highest and v != IGNORE]
     if bad:
-        raise UserError(f"label map {path} has value {bad[0]}, outside 0..{labels.last_label} and "
+        raise UserError(f"label map {path} has value {bad[0]}, outside 0..{highest} and "
                         f"{IGNORE} (ignore) of {labels.name}: wrong folder, or labels not converted "
                         f"(see the README's 'Data layout')")
-    return array.astype(np.uint8, copy=False)
+    array = array.astype(np.uint8, copy=False)
+    if offset:
+        array = np.where(array == IGNORE, IGNORE, array + offset).astype(np.uint8)
+    return array
 
 
 def image_ids(names: list[str]) -> dict[str, int]:
@@ -70,23 +76,41 @@ def image_ids(names: list[str]) -> dict[str, int]:
 
 
 class LabelMapDataset:
-    """Images with PNG label maps, read as semantic segmentation (classes present per image)."""
+    """Images with PNG label maps, read as semantic segmentation (classes present per image).
+
+    ``background`` chooses the protocol: True counts background as a class (VOC21, Context60,
+    COCO-Object with background); False ignores background pixels and every other pixel takes
+    one of the classes prompted (VOC20, PC59, COCO-Object80, and ADE20K-150 and Cityscapes-19,
+    whose data have no background class). ``label_offset`` shifts stored values (Cityscapes'
+    trainIds start at 0, a class). Label maps may sit in subfolders (Cityscapes' cities): a name
+    is then the path below the split's folder, ``frankfurt/frankfurt_000000_000294``."""
 
     task = "semantic"
 
     def __init__(self, root: Path, name: str, labels: str, image_subdir: str, label_subdir: str,
                  split_list: str | None = None, label_suffix: str = ".png",
                  image_suffix: str = ".jpg", image_dir: str | Path | None = None,
-                 prompt_names: str = "readable"):
+                 prompt_names: str = "readable", background: bool = True, label_offset: int = 0):
         self.root = Path(root)
         self.name = name
         self.labels = label_set(labels)
+        if background and not self.labels.has_background:
+            raise UserError(f"{name} has no background class ({self.labels.benchmark(False)} is "
+                            f"evaluated without one): drop the option background=true")
+        if label_offset < 0:
+            raise UserError(f"label_offset of {name} must be 0 or more, got {label_offset}")
+        self.background, self.label_offset = bool(background), int(label_offset)
         self.image_subdir, self.label_subdir = image_subdir, label_subdir
         self.split_list, self.label_suffix, self.image_suffix = split_list, label_suffix, image_suffix
         self._image_dir = Path(image_dir) if image_dir else None
         self.prompt_names = prompt_names
         self._prompts = self.labels.prompts(prompt_names)  # checks the preset now
         self._label_paths: dict[int, Path] = {}
+
+    @property
+    def benchmark(self) -> str:
+        """The protocol's table name: VOC21 or VOC20, Context60 or PC59, ..."""
+        return self.labels.benchmark(self.background)
 
     def _hint(self, split: str = "<split>") -> str:
         listed = (f"the image list {self.root / self.split_list.format(split=split)}, "
@@ -108,7 +132,7 @@ class LabelMapDataset:
             return sorted(p.name[:-len(suffix)] for p in folder.glob(f"*{suffix}")) if folder.is_dir() else []
         parent = (self.root / self.label_subdir).parent
         return sorted(p.name for p in parent.iterdir()
-                      if p.is_dir() and any(p.glob(f"*{self.label_suffix}"))) if parent.is_dir() else []
+                      if p.is_dir() and any(p.rglob(f"*{self.label_suffix}"))) if parent.is_dir() else []
 
     @lru_cache(maxsize=4)
     def names(self, split: str) -> tuple[str, ...]:
@@ -127,8 +151,9 @@ class LabelMapDataset:
                     raise UserError(f"{path} lists {n!r} twice: each image once")
                 seen.add(n)
         else:
-            names = sorted(p.name[:-len(self.label_suffix)]
-                           for p in self.label_dir(split).glob(f"*{self.label_suffix}"))
+            folder = self.label_dir(split)
+            names = sorted(p.relative_to(folder).as_posix()[:-len(self.label_suffix)]
+                           for p in folder.rglob(f"*{self.label_suffix}"))
         if not names:
             raise UserError(f"split {split!r} of {self.name} lists no image: {self._hint(split)}")
         return tuple(names)
@@ -138,7 +163,9 @@ class LabelMapDataset:
 
     def fingerprint(self, split: str) -> str:
         names = self.names(split)
-        return combine_hashes("label-maps", self.name, split, self.prompt_names, *names,
+        protocol = () if self.background and not self.label_offset else (
+            f"background={self.background}", f"offset={self.label_offset}")  # older keys kept
+        return combine_hashes("label-maps", self.name, split, self.prompt_names, *protocol, *names,
                               *(file_sha256(self._label_path(split, n)) for n in names))
 
     def samples(self, split: str) -> list[Sample]:
@@ -147,7 +174,7 @@ class LabelMapDataset:
         out: list[Sample] = []
         for name in names:
             path = self._label_path(split, name)
-            labels = read_label_map(path, self.labels)
+            labels = read_label_map(path, self.labels, self.label_offset)
             image_id = ids[name]
             self._label_paths[image_id] = path
             h, w = labels.shape
@@ -169,7 +196,8 @@ class LabelMapDataset:
             path = self._label_paths[image_id]
         except KeyError:
             raise KeyError(f"image {image_id} was not listed by samples()") from None
-        return read_label_map(path, self.labels)
+        labels = read_label_map(path, self.labels, self.label_offset)
+        return labels if self.background else np.where(labels == BACKGROUND, IGNORE, labels).astype(np.uint8)
 
     def category_names(self) -> dict[int, str]:
         return {i: c for i, c in enumerate(self.labels.classes) if i > 0}

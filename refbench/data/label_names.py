@@ -31,11 +31,23 @@ _READABLE = {"pottedplant": "potted plant", "diningtable": "dining table", "tvmo
 
 @dataclass(frozen=True)
 class LabelSet:
-    """A benchmark's classes by label value, with per-preset prompt names."""
+    """A benchmark's classes by label value, with per-preset prompt names.
+
+    ``benchmarks`` names the two open-vocabulary protocols as the papers' tables do: with the
+    background class counted (VOC21, Context60) and without it (VOC20, PC59), where background
+    pixels are ignored and every other pixel takes one of the classes. A label set whose data has
+    no background class (ADE20K-150, Cityscapes-19: value 0 is "other" or ignored) has only the
+    second; ``has_background`` is then False."""
 
     name: str
     classes: tuple[str, ...]  # index = label value; classes[0] is the background
     renames: Mapping[str, Mapping[str, str]] = field(default_factory=dict)  # preset -> {class: word}
+    benchmarks: tuple[str | None, str] = ("", "")  # (with background, without background)
+    has_background: bool = True
+
+    def benchmark(self, background: bool) -> str:
+        """The table name of this label set under a protocol: VOC21 / VOC20, ..."""
+        return (self.benchmarks[0] if background else self.benchmarks[1]) or self.name
 
     @property
     def last_label(self) -> int:
@@ -56,7 +68,7 @@ VOC = LabelSet("voc", (
     "groupvit": {"diningtable": "table", "pottedplant": "plant", "tvmonitor": "monitor"},
     "diffsegmenter": {"aeroplane": "plane", "diningtable": "table", "person": "people",
                       "pottedplant": "plant", "tvmonitor": "monitor"},
-})
+}, benchmarks=("VOC21", "VOC20"))
 
 _CONTEXT_WORDS = {"aeroplane": "airplane", "pottedplant": "plant", "tvmonitor": "monitor"}
 CONTEXT = LabelSet("context", (
@@ -66,7 +78,8 @@ CONTEXT = LabelSet("context", (
     "ground", "horse", "keyboard", "light", "motorbike", "mountain", "mouse", "person", "plate",
     "platform", "pottedplant", "road", "rock", "sheep", "shelves", "sidewalk", "sign", "sky",
     "snow", "sofa", "table", "track", "train", "tree", "truck", "tvmonitor", "wall", "water",
-    "window", "wood"), {"groupvit": _CONTEXT_WORDS, "diffsegmenter": _CONTEXT_WORDS})
+    "window", "wood"), {"groupvit": _CONTEXT_WORDS, "diffsegmenter": _CONTEXT_WORDS},
+    benchmarks=("Context60", "PC59"))
 
 COCO_OBJECT = LabelSet("coco-object", (
     "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck",
@@ -78,9 +91,40 @@ COCO_OBJECT = LabelSet("coco-object", (
     "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant",
     "bed", "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone",
     "microwave", "oven", "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors",
-    "teddy bear", "hair drier", "toothbrush"))
+    "teddy bear", "hair drier", "toothbrush"), benchmarks=("COCO-Object81", "COCO-Object80"))
 
-LABEL_SETS = {s.name: s for s in (VOC, CONTEXT, COCO_OBJECT)}
+# ADE20K's SceneParsing 150 classes (mmsegmentation's ADE20KDataset.METAINFO, in label order):
+# annotation value 0 is "other" and is ignored (mmsegmentation's reduce_zero_label), 1..150 the
+# classes, so a label value is already refbench's class index.
+ADE20K = LabelSet("ade20k", (
+    "other", "wall", "building", "sky", "floor", "tree", "ceiling", "road", "bed", "windowpane",
+    "grass", "cabinet", "sidewalk", "person", "earth", "door", "table", "mountain", "plant",
+    "curtain", "chair", "car", "water", "painting", "sofa", "shelf", "house", "sea", "mirror",
+    "rug", "field", "armchair", "seat", "fence", "desk", "rock", "wardrobe", "lamp", "bathtub",
+    "railing", "cushion", "base", "box", "column", "signboard", "chest of drawers", "counter",
+    "sand", "sink", "skyscraper", "fireplace", "refrigerator", "grandstand", "path", "stairs",
+    "runway", "case", "pool table", "pillow", "screen door", "stairway", "river", "bridge",
+    "bookcase", "blind", "coffee table", "toilet", "flower", "book", "hill", "bench", "countertop",
+    "stove", "palm", "kitchen island", "computer", "swivel chair", "boat", "bar", "arcade machine",
+    "hovel", "bus", "towel", "light", "truck", "tower", "chandelier", "awning", "streetlight",
+    "booth", "television receiver", "airplane", "dirt track", "apparel", "pole", "land",
+    "bannister", "escalator", "ottoman", "bottle", "buffet", "poster", "stage", "van", "ship",
+    "fountain", "conveyer belt", "canopy", "washer", "plaything", "swimming pool", "stool",
+    "barrel", "basket", "waterfall", "tent", "bag", "minibike", "cradle", "oven", "ball", "food",
+    "step", "tank", "trade name", "microwave", "pot", "animal", "bicycle", "lake", "dishwasher",
+    "screen", "blanket", "sculpture", "hood", "sconce", "vase", "traffic light", "tray",
+    "ashcan", "fan", "pier", "crt screen", "plate", "monitor", "bulletin board", "shower",
+    "radiator", "glass", "clock", "flag"), benchmarks=(None, "ADE20K-150"), has_background=False)
+
+# Cityscapes' 19 evaluation classes by trainId (mmsegmentation's CityscapesDataset): the
+# *_gtFine_labelTrainIds.png files store trainIds 0..18 and 255; the reader shifts them by one
+# (``label_offset``) so that 0 is free for the (absent) background.
+CITYSCAPES = LabelSet("cityscapes", (
+    "other", "road", "sidewalk", "building", "wall", "fence", "pole", "traffic light",
+    "traffic sign", "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus",
+    "train", "motorcycle", "bicycle"), benchmarks=(None, "Cityscapes-19"), has_background=False)
+
+LABEL_SETS = {s.name: s for s in (VOC, CONTEXT, COCO_OBJECT, ADE20K, CITYSCAPES)}
 
 
 def label_set(name: str) -> LabelSet:

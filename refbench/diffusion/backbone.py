@@ -30,7 +30,7 @@ from refbench.hub import check_hub, hub_home, hub_offline
 from refbench.plugins import PluginHost
 from refbench.specs import resolve
 
-Dtype = Literal["fp32", "fp16", "bf16"]
+Dtype = Literal["auto", "fp32", "fp16", "bf16"]
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
@@ -144,8 +144,12 @@ def resolve_device(device: str) -> torch.device:
 
 
 def resolve_dtype(dtype: Dtype, device: torch.device) -> torch.dtype:
+    """``auto`` is fp16 on CUDA and fp32 elsewhere: what the training-free originals run (their
+    scripts call ``.half()`` / ``torch_dtype=torch.float16`` on a GPU), and all a CPU can run."""
+    if dtype == "auto":
+        return DTYPES["fp16" if device.type == "cuda" else "fp32"]
     if dtype not in DTYPES:
-        raise UserError(f"unknown dtype {dtype!r}: use fp32, fp16 or bf16")
+        raise UserError(f"unknown dtype {dtype!r}: use auto, fp32, fp16 or bf16")
     if dtype != "fp32" and device.type != "cuda":
         raise UserError(f"dtype {dtype} needs a CUDA device; on {device.type} use dtype=fp32")
     return DTYPES[dtype]
@@ -319,7 +323,8 @@ def load_backbone(name: str, device: str = "auto", dtype: Dtype = "fp32", privat
     seconds: a report of seven methods on one backbone spent 8 s on it), else a load of its own.
     """
     torch_device = resolve_device(device)
-    resolve_dtype(dtype, torch_device)
+    torch_dtype = resolve_dtype(dtype, torch_device)
+    dtype = next(n for n, d in DTYPES.items() if d == torch_dtype)  # "auto" resolved: one cache key
     key = (_source(host, name), str(torch_device), dtype)
     if key in _SHARED:
         _SHARED.move_to_end(key)

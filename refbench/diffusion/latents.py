@@ -36,18 +36,21 @@ def _nbytes(entry: tuple[torch.Tensor, torch.Tensor]) -> int:
 
 
 Posterior = Literal["mean", "sample"]
+PilFilter = Literal["bilinear", "bicubic"]
 
 
 def to_pixels(images: Sequence[np.ndarray], size: int, antialias: bool = True,
-              pil: bool = False) -> torch.Tensor:
+              pil: bool = False, pil_filter: PilFilter = "bilinear") -> torch.Tensor:
     """RGB uint8 images squashed to size x size (bilinear: torch's, antialiased or not, or PIL's
-    as torchvision's Resize does it), scaled to [-1, 1]: (B, 3, size, size)."""
+    as torchvision's Resize does it; ``pil_filter="bicubic"``: PIL's bicubic, the default of
+    ``PIL.Image.resize``), scaled to [-1, 1]: (B, 3, size, size)."""
     out = []
     for image in images:
         if pil:
             from PIL import Image
 
-            resized = np.array(Image.fromarray(image).resize((size, size), Image.Resampling.BILINEAR))
+            resample = Image.Resampling.BICUBIC if pil_filter == "bicubic" else Image.Resampling.BILINEAR
+            resized = np.array(Image.fromarray(image).resize((size, size), resample))
             x = torch.from_numpy(np.ascontiguousarray(resized)).permute(2, 0, 1)[None].float() / 255.0
         else:
             x = torch.from_numpy(np.ascontiguousarray(image)).permute(2, 0, 1)[None].float() / 255.0
@@ -63,13 +66,17 @@ def _image_key(image: np.ndarray) -> str:
 
 def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: Sequence[int],
                       size: int, posterior: Posterior = "mean", antialias: bool = True,
-                      scaled: bool = True, pil: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+                      scaled: bool = True, pil: bool = False, pil_filter: PilFilter = "bilinear",
+                      noise_first: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
     """VAE latents and seeded noise for each image. ``posterior``: the posterior's mean, or a
     sample mean + std * eps (``latent_dist.sample()``, eps from the seed); ``scaled``: minus the
     VAE's ``shift_factor`` (SD3, Flux; none for SD 1.x, 2.x, XL) and times its ``scaling_factor``
-    (0.18215 for SD 1.x), as the denoiser was trained on."""
+    (0.18215 for SD 1.x), as the denoiser was trained on. ``noise_first``: the seed's generator
+    draws the noise, then eps; False: eps, then the noise (as diffusers' img2img
+    ``prepare_latents`` draws them: the posterior sample before the noise)."""
     keys = [(backbone.fingerprint, str(backbone.device), str(backbone.dtype), size, seed,
-             posterior, antialias, scaled, pil, _image_key(image)) for image, seed in zip(images, seeds)]
+             posterior, antialias, scaled, pil, pil_filter, noise_first, _image_key(image))
+            for image, seed in zip(images, seeds)]
     # this batch's entries are held here, so evicting old ones can never drop one of them
     found: dict[int, tuple[torch.Tensor, torch.Tensor]] = {}
     for i, key in enumerate(keys):
@@ -78,18 +85,22 @@ def latents_and_noise(backbone: Backbone, images: Sequence[np.ndarray], seeds: S
             found[i] = _CACHE[key]
     missing = [i for i in range(len(keys)) if i not in found]
     if missing:
-        pixels = to_pixels([images[i] for i in missing], size, antialias, pil).to(backbone.device, backbone.dtype)
+        pixels = to_pixels([images[i] for i in missing], size, antialias, pil, pil_filter).to(
+            backbone.device, backbone.dtype)
         with torch.no_grad():
             dist = backbone.vae.encode(pixels).latent_dist
         scale = backbone.vae.config.scaling_factor if scaled else 1.0
         shift = (getattr(backbone.vae.config, "shift_factor", None) or 0.0) if scaled else 0.0
         for row, i in enumerate(missing):
             generator = torch.Generator("cpu").manual_seed(int(seeds[i]))
-            noise = torch.randn(dist.mean.shape[1:], generator=generator)
+            if noise_first:
+                noise = torch.randn(dist.mean.shape[1:], generator=generator)
             latent = dist.mean[row]
             if posterior == "sample":
                 eps = torch.randn(dist.mean.shape[1:], generator=generator)
                 latent = latent + dist.std[row] * eps.to(latent.device, latent.dtype)
+            if not noise_first:
+                noise = torch.randn(dist.mean.shape[1:], generator=generator)
             if keys[i] in _CACHE:  # the same image and seed twice in one batch
                 _held["bytes"] -= _nbytes(_CACHE[keys[i]])
             shifted = latent - shift if shift else latent

@@ -8,6 +8,8 @@ from refbench import hookimpl
 from refbench.specs import BackboneSpec
 
 SD15_HUB_ID = "stable-diffusion-v1-5/stable-diffusion-v1-5"
+SD21_BASE_HUB_ID = "stabilityai/stable-diffusion-2-1-base"  # iSeg's backbone
+SD3_MEDIUM_HUB_ID = "stabilityai/stable-diffusion-3-medium-diffusers"  # Seg4Diff's backbone
 _FAMILY_PRESETS = "refbench.diffusion.family_presets"
 # refbench's own miniature model, trained by `refbench pretrain-shapes` and shipped as package data
 SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"
@@ -29,6 +31,12 @@ def refbench_backbones() -> list[BackboneSpec]:
         BackboneSpec("sd15", "refbench.diffusion.backbone:load_pretrained",
                      f"Stable Diffusion 1.5 ({SD15_HUB_ID}) from the hub cache",
                      {"source": SD15_HUB_ID}),
+        BackboneSpec("sd21-base", "refbench.diffusion.backbone:load_pretrained",
+                     f"Stable Diffusion 2.1-base ({SD21_BASE_HUB_ID}, 512) from the hub cache",
+                     {"source": SD21_BASE_HUB_ID}, family="sd2"),
+        BackboneSpec("sd3-medium", "refbench.diffusion.backbone:load_pretrained",
+                     f"Stable Diffusion 3 Medium ({SD3_MEDIUM_HUB_ID}) from the hub cache",
+                     {"source": SD3_MEDIUM_HUB_ID}, family="sd3"),
         BackboneSpec("tiny", "refbench.diffusion.presets:build_tiny",
                      "SD 1.5 block structure at small width, seeded random weights (tests, demos)"),
         BackboneSpec("sd15-random", "refbench.diffusion.presets:build_sd15_random",

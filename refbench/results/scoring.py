@@ -220,19 +220,23 @@ def score_batch(samples: Sequence[Sample], predictions: Sequence[Prediction], me
             classes = [int(s.meta["category_id"]) for s, _ in members]
             labels = dataset.label_map(members[0][0].image_id)
             confusion = image_confusion(np.stack([as_scores(m) for _, m in members]), classes,
-                                        labels, thresholds)
+                                        labels, thresholds,
+                                        background=getattr(dataset, "background", True))
             groups.append(GroupRow(group_id, classes, confusion))
     return rows, groups
 
 
 def image_confusion(score_maps: np.ndarray, class_ids: Sequence[int], labels: np.ndarray,
                     thresholds: Sequence[float] = DEFAULT_THRESHOLDS,
-                    ignore: int = 255) -> np.ndarray:
+                    ignore: int = 255, background: bool = True) -> np.ndarray:
     """Per-threshold confusion of one image, (T, K+1, K+1), rows = truth, cols = prediction.
 
     ``score_maps`` is (K, H, W), one map per class in ``class_ids``; index 0 of the confusion is
     background. A pixel takes the class of its highest score, or background where that score is
-    below the threshold. Pixels labelled ``ignore`` are not counted.
+    below the threshold. Pixels labelled ``ignore`` are not counted. Without ``background`` (the
+    VOC20 / PC59 protocol: the reader has already turned background pixels into ``ignore``) no
+    pixel is predicted background: every threshold gives the argmax, and the background row and
+    column stay empty, so the class mean leaves background out.
     """
     k = len(class_ids)
     lookup = {0: 0, **{int(c): i + 1 for i, c in enumerate(class_ids)}}
@@ -244,7 +248,8 @@ def image_confusion(score_maps: np.ndarray, class_ids: Sequence[int], labels: np
         gt_local[labels == value] = lookup[int(value)]
     t = len(thresholds)
     winner = np.argmax(score_maps, axis=0)[valid]
-    bins = _threshold_bins(np.max(score_maps, axis=0)[valid], thresholds)
+    bins = (_threshold_bins(np.max(score_maps, axis=0)[valid], thresholds) if background
+            else np.full(winner.shape, t, dtype=np.int64))
     hist = np.bincount((gt_local[valid] * k + winner) * (t + 1) + bins,
                        minlength=(k + 1) * k * (t + 1)).reshape(k + 1, k, t + 1)
     reached = np.cumsum(hist[..., ::-1], axis=-1)[..., ::-1][..., 1:]  # (K+1, K, T): bins > k

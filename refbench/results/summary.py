@@ -37,6 +37,9 @@ class SplitInfo:
     fingerprint: str
     n_samples: int
     skipped_empty_gt: int = 0  # samples left out for an empty ground truth (--skip-empty-gt)
+    # semantic data: the protocol as the papers' tables name it (VOC21 with background, VOC20
+    # without, ...): a figure is only comparable with one of the same protocol
+    benchmark: str = ""
 
 
 @dataclass
@@ -200,5 +203,6 @@ class Results:
 def _split_dict(info: SplitInfo) -> dict[str, Any]:
     return {"name": info.dataset, "split": info.split, "task": info.task, "root": info.root,
             "fingerprint": info.fingerprint, "n_samples": info.n_samples,
-            "skipped_empty_gt": info.skipped_empty_gt}
+            "skipped_empty_gt": info.skipped_empty_gt,
+            **({"benchmark": info.benchmark} if info.benchmark else {})}
 

@@ -291,7 +291,7 @@ def reported_table(slug: str, title: str, entries: Sequence[Reported]) -> Table:
         if e.metrics and e.curve:
             figures += "; " + curve_text(e)
         rows.append([Cell(e.work.citation()), Cell(e.method), Cell(e.source),
-                     Cell(f"{e.dataset} {e.split}"), Cell(e.backbone), Cell(e.protocol),
+                     Cell(f"{e.dataset} {e.split}"), Cell(e.backbone), Cell(e.protocol_line()),
                      Cell(figures)])
     return Table(slug, title, columns, rows, [
         "As reported by their authors, on their data, weights and protocol; not measured by "

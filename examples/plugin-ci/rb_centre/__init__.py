@@ -1,0 +1,1 @@
+"""A sample refbench plugin (see plugin.py)."""
