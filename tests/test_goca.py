@@ -6,8 +6,8 @@ command on a tiny model saved in diffusers' layout and a minimal VOC tree.
 On the trained ``shapes`` model the comparison runs at the method's defaults in fp32. The random
 ``tiny`` presets have near-uniform self-attention: twice multiplied by it, a map keeps a
 contrast of about 1e-3 of its values, and the final min-max stretches fp32 rounding (1e-7)
-to about 1e-3 (measured on these 44 samples: up to 2.6e-3 on tiny, 3.9e-3 on tiny-sdxl; label
-maps agree on >= 99.6% of the pixels). There the backbone runs in float64 (the method's defaults
+to about 1e-3 (measured on these 44 samples: up to 2.9e-3 on tiny, 3.7e-3 on tiny-sdxl; label
+maps agree on >= 99.5% of the pixels). There the backbone runs in float64 (the method's defaults
 otherwise: its arithmetic follows the backbone's dtype), where the same computation agrees to
 1e-6.
 """

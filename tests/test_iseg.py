@@ -104,26 +104,38 @@ def _compare(method: ISeg, samples: list[Sample], images: list[np.ndarray]) -> d
     return worst
 
 
-SHAPES_SETTINGS = {"weights": (0.0, 0.0, 0.0, 1.0), "iterations": 0, "background_words": ""}  # docs
+def _harness_config(backbone: str) -> ISegConfig:
+    """The config ``refbench run --methods iseg --set iseg.backbone=NAME --set iseg.device=cpu``
+    builds: the defaults, then what the backbone recommends (shapes: its settings, chosen on
+    train), then the --set values."""
+    from refbench.candidates import resolve_config
+    from refbench.config import Override
+
+    return resolve_config(HOST.method("iseg"), [Override("iseg", "backbone", backbone),
+                                                Override("iseg", "device", "cpu")], HOST)
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("backbone, settings", [("tiny-sd2", {}), ("tiny", {}), ("shapes", {}),
-                                                ("shapes", SHAPES_SETTINGS)])
-def test_default_config_equals_the_original(semantic, backbone: str, settings: dict):
-    """42 samples (22 images) on each backbone, with the defaults (and on shapes with the
-    settings chosen for it on train)."""
+@pytest.mark.parametrize("backbone, harness", [("tiny-sd2", True), ("tiny", True), ("shapes", True),
+                                               ("shapes", False)],
+                         ids=["tiny-sd2", "tiny", "shapes", "shapes-bare-defaults"])
+def test_default_config_equals_the_original(semantic, backbone: str, harness: bool):
+    """42 samples (22 images) on each backbone, with the harness's default config (on shapes
+    the settings it recommends) and on shapes also with the bare defaults (VOC's settings)."""
     samples, images = semantic
     assert len(samples) >= 40 and len(_groups(samples)) == 22
-    method = ISeg(ISegConfig(backbone=backbone, device="cpu", **settings), host=HOST)
+    config = _harness_config(backbone) if harness else ISegConfig(backbone=backbone, device="cpu")
+    if harness and backbone == "shapes":
+        assert (config.weights, config.iterations, config.background_words) == ((0, 0, 0, 1), 0, "")
+    method = ISeg(config, host=HOST)
     assert (method.heads, method.token_mode) == ("all", "aligned")  # not SD 2.1's layers, not CLIP's BPE
     worst = _compare(method, samples, images)
     assert worst["score"] <= 1e-4, worst  # measured: 0 (the same arithmetic, op for op)
     assert worst["foreground"] >= 0.999, worst
     assert worst["untied_labels"] >= 0.999, worst
-    if (backbone, settings) != ("shapes", {}):
+    if harness:
         assert worst["labels"] >= 0.999, worst
-    else:  # its 8 iterations make two classes' maps equal to 1e-6 over whole images: the harness's
+    else:  # 8 iterations make two classes' maps equal to 1e-6 over whole images: the harness's
         # float32 remap then ties or swaps them (measured: 0.990 at worst)
         assert worst["labels"] >= 0.98, worst
 

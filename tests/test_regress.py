@@ -78,7 +78,7 @@ def test_compare_flags_missing_new_and_threshold_changes():
 
 
 @pytest.mark.parametrize("name", ["refshapes.yaml", "binding.yaml", "refcoco.yaml", "coco.yaml", "ci.yaml",
-                                  "zeroshot.yaml"])
+                                  "zeroshot.yaml", "training_free.yaml"])
 def test_committed_specs_are_valid(name: str):
     spec = load_spec(REPO / "leaderboards" / name)
     check_spec(PluginHost(), spec)  # methods, parameters, datasets, calibration policy

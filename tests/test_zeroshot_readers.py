@@ -204,17 +204,21 @@ def test_gt_box_semantic_miou_through_the_cli(name, zeroshot_roots, tmp_path):
     assert semantic["classes"] == {"voc": 4, "context": 3, "coco-object": 3}[name]
 
 
-def test_zeroshot_spec_loads_with_diffsegmenters_reported_rows():
+def test_zeroshot_spec_shows_both_protocols_with_every_reported_row():
     from refbench.report.spec import load_spec
     from tests.conftest import REPO
 
     spec = load_spec(REPO / "leaderboards" / "zeroshot.yaml")
     reported_on = {(d.name, split) for d in spec.datasets for split in d.splits}
-    assert reported_on == {("voc", "val"), ("context", "val"), ("coco-object", "val2017")}
-    figures = {(r.dataset, r.split): r.metrics for r in spec.reported}
-    assert figures == {("voc", "val"): {"semantic_mIoU": 60.1},
-                       ("context", "val"): {"semantic_mIoU": 27.5},
-                       ("coco-object", "val2017"): {"semantic_mIoU": 37.9}}  # rows of the boards
-    assert {r.work.authors for r in spec.reported} == {
-        "Wang J., Li X., Zhang J., Xu Q., Zhou Q., Yu Q., Sheng L., Xu D."}
+    assert reported_on == {("voc", "val"), ("voc20", "val"), ("context", "val"), ("pc59", "val"),
+                           ("coco-object", "val2017"), ("coco-object80", "val2017"),
+                           ("ade20k", "validation"), ("cityscapes", "val")}
+    assert {m.name for m in spec.methods} >= {"diffsegmenter", "iseg", "seg4diff", "goca"}
+    figures = {(r.dataset, r.split, r.method): r.metrics["semantic_mIoU"] for r in spec.reported}
+    assert figures[("voc", "val", "DiffSegmenter")] == 60.1
+    assert figures[("voc20", "val", "Seg4Diff (training-free)")] == 89.2
+    assert figures[("ade20k", "validation", "Seg4Diff (training-free)")] == 34.2
+    for row in spec.reported:  # every semantic figure records its protocol
+        assert row.background is not None and row.image_labels, row.id
+        assert row.background == (row.dataset in ("voc", "context", "coco-object")), row.id
     assert spec.dataset("coco-object").calibration_split == "train2017"

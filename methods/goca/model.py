@@ -224,10 +224,10 @@ class GoCA:
     def plan(self, samples: list[Sample]) -> PromptPlan:
         """The group's prompt: its class words, then "background", joined by ", " and lowered
         (the captioner's caption when GPT-4o lists exactly the image's classes)."""
-        entities = [self._word(s) for s in samples]
+        entities = [self._word(s).lower() for s in samples]
         if self.config.background_token:
             entities.append(BACKGROUND_WORD)
-        prompt = ", ".join(entities).lower()
+        prompt = ", ".join(entities)
         bb = self.backbone
         alignment = align_layout(token_layout(bb), prompt)
         assert isinstance(alignment, TokenAlignment)  # one CLIP segment on the UNet families
@@ -259,9 +259,8 @@ class GoCA:
     def _math_dtype(self) -> torch.dtype:
         return torch.float32 if self.config.math_dtype == "fp32" else self.backbone.dtype
 
-    def _layer_weights(self, record: GoCARecord, full: dict[str, torch.Tensor]) -> torch.Tensor:
-        """(B, L) weights of the cross layers, forward order. ``full``: head-averaged
-        self-attention maps already computed (the refinement layers'), whose rows are reused."""
+    def _layer_weights(self, record: GoCARecord) -> torch.Tensor:
+        """(B, L) weights of the cross layers, forward order."""
         blocks = self.layers.cross
         batch = next(iter(record.cross.values())).shape[0]
         dtype = self._math_dtype()
@@ -278,8 +277,7 @@ class GoCA:
             qs, ks, scale = record.self_qk[block.name]
             r = math.isqrt(qs.shape[2])
             rows = nearest_rows(r, side, qs.device)
-            target = (full[block.name][:, rows] if block.name in full
-                      else self_attention_rows(qs, ks, scale, rows))
+            target = self_attention_rows(qs, ks, scale, rows)
             if r != side:  # the key axes, bilinearly
                 target = F.interpolate(target.view(-1, 1, r, r), size=(side, side), mode="bilinear",
                                        align_corners=False).view(batch, side * side, side * side)
@@ -287,9 +285,9 @@ class GoCA:
         stacked = torch.stack(weights, dim=1).clamp(min=0)
         return stacked / stacked.sum(dim=1, keepdim=True)
 
-    def _aggregate(self, record: GoCARecord, grid: int, full: dict[str, torch.Tensor]) -> torch.Tensor:
+    def _aggregate(self, record: GoCARecord, grid: int) -> torch.Tensor:
         """The layer-weighted maps at the finest grid, renormalised over tokens: (B, T, g, g)."""
-        weights = self._layer_weights(record, full)
+        weights = self._layer_weights(record)
         total = None
         for index, block in enumerate(self.layers.cross):
             maps = record.cross[block.name]  # (B, N, T)
@@ -303,28 +301,6 @@ class GoCA:
         total = total.clamp(min=0)
         return total / total.sum(dim=1, keepdim=True)
 
-    def _refinement(self, record: GoCARecord, grid: int) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """S (B, g^2, g^2): the mean over the refinement layers of the head-averaged
-        self-attention, each resized to the grid as the original resizes it (keys bilinear,
-        queries nearest); and those layers' maps at their own grid, by name. Materialised once
-        (64 MB per image at 64 x 64): two products with it cost far less than two attention
-        passes per layer."""
-        total, full = None, {}
-        for block in self.layers.refine:
-            q, k, scale = record.self_qk[block.name]
-            r = math.isqrt(q.shape[2])
-            probs = self_attention_rows(q, k, scale, torch.arange(r * r, device=q.device)).to(
-                self._math_dtype())
-            full[block.name] = probs
-            if r != grid:
-                probs = F.interpolate(probs.view(-1, r * r, r, r), size=(grid, grid), mode="bilinear",
-                                      align_corners=False)
-                probs = probs.view(-1, r, r, grid * grid).permute(0, 3, 1, 2)
-                probs = F.interpolate(probs, size=(grid, grid), mode="nearest")
-                probs = probs.reshape(-1, grid * grid, grid * grid).transpose(1, 2)
-            total = probs if total is None else total + probs
-        return total / len(self.layers.refine), full
-
     def _rescaled(self, raw: torch.Tensor, plan: PromptPlan) -> tuple[torch.Tensor, torch.Tensor | None]:
         """One image's class maps (n, g, g) and merged background map (g, g) or None."""
         entities = [raw[p].mean(dim=0) for p in plan.classes + plan.background]
@@ -337,6 +313,37 @@ class GoCA:
         n = len(plan.classes)
         background = maps[n:].amax(dim=0) if len(plan.background) else None
         return maps[:n], background
+
+    def _refine(self, record: GoCARecord, values: torch.Tensor, grid: int) -> torch.Tensor:
+        """S @ values, values (B, g^2, K): S the mean over the refinement layers of the
+        head-averaged self-attention, each resized to the grid as the original resizes it (keys
+        bilinear, queries nearest). A layer at the grid is applied as attention with the values
+        padded to the head width (SDPA's fused kernel: no g^2 x g^2 matrix, and on a CPU several
+        times faster than materialising it); another is materialised and resized."""
+        total = None
+        for block in self.layers.refine:
+            q, k, scale = record.self_qk[block.name]
+            r = math.isqrt(q.shape[2])
+            if r == grid:
+                heads, width = q.shape[1], q.shape[-1]
+                parts = []
+                for start in range(0, values.shape[-1], width):
+                    chunk = values[..., start:start + width].to(q.dtype)
+                    padded = F.pad(chunk, (0, width - chunk.shape[-1]))[:, None].expand(-1, heads, -1, -1)
+                    out = F.scaled_dot_product_attention(q, k, padded, scale=scale)
+                    parts.append(out[..., :chunk.shape[-1]].mean(dim=1))
+                term = torch.cat(parts, dim=-1)
+            else:
+                probs = self_attention_rows(q, k, scale, torch.arange(r * r, device=q.device))
+                probs = F.interpolate(probs.view(-1, r * r, r, r), size=(grid, grid), mode="bilinear",
+                                      align_corners=False)
+                probs = probs.view(-1, r, r, grid * grid).permute(0, 3, 1, 2)
+                probs = F.interpolate(probs, size=(grid, grid), mode="nearest")
+                matrix = probs.reshape(-1, grid * grid, grid * grid).transpose(1, 2)
+                term = matrix.to(values.dtype) @ values
+            term = term.to(values.dtype)
+            total = term if total is None else total + term
+        return total / len(self.layers.refine)
 
     @torch.no_grad()
     def group_maps(self, images: list[np.ndarray], seeds: list[int], plans: list[PromptPlan]
@@ -353,18 +360,17 @@ class GoCA:
         with capture(self._attention_modules(), record, self._roles):
             denoise(bb, noised(bb, latents, noise, timestep), timestep, cond)
         grid = finest_attention(bb, latents.shape[-1])
-        refinement, full = self._refinement(record, grid) if self.config.refine_order else (None, {})
-        raw = self._aggregate(record, grid, full)
-        del full, record
+        raw = self._aggregate(record, grid)
         per_image = [self._rescaled(raw[i], plan) for i, plan in enumerate(plans)]
-        if refinement is None:
+        if self.config.refine_order == 0:
             return per_image
         stacks = [maps if background is None else torch.cat([maps, background[None]])
                   for maps, background in per_image]
         width = max(len(s) for s in stacks)
         values = torch.stack([F.pad(s.flatten(1).T, (0, width - len(s))) for s in stacks])
+        values = values.to(self._math_dtype())
         for _ in range(self.config.refine_order):
-            values = refinement @ values.to(refinement.dtype)
+            values = self._refine(record, values, grid)
         out = []
         for stack, row, (maps, background) in zip(stacks, values, per_image):
             refined = minmax_maps(row[:, :len(stack)].T.reshape(len(stack), grid, grid))

@@ -18,6 +18,13 @@ SHAPES_DIR = Path(__file__).parent / "assets" / "shapes"
 # DiffSegmenter's settings for the shapes model, chosen on 400 RefShapes train sentences (README,
 # "The shapes backbone"): its attention maps are at 4, 8 and 16, the 16/32/64 levels of a 512 input.
 _SHAPES_DIFFSEGMENTER = {"weights": [0.0, 0.1, 0.3, 0.6], "timesteps": [100], "refine": False}
+# iSeg's and GoCA's, chosen on the first 60 (iSeg) / the train split's (GoCA) refshapes-semantic
+# train images (docs/methods/iseg.md and goca.md, "Settings on shapes"): the 16 x 16 map alone and
+# no iteration (its coarse self-attention spreads a class over its neighbours), no background
+# words; GoCA's maps refined once, the background offset 0.2. Seg4Diff needs none: its UNet
+# analogue's layer is the rule chosen there (docs/methods/seg4diff.md).
+_SHAPES_ISEG = {"weights": [0.0, 0.0, 0.0, 1.0], "iterations": 0, "background_words": ""}
+_SHAPES_GOCA = {"refine_order": 1, "background_offset": 0.2}
 
 
 @hookimpl
@@ -26,8 +33,9 @@ def refbench_backbones() -> list[BackboneSpec]:
         BackboneSpec("shapes", "refbench.diffusion.backbone:load_pretrained",
                      "refbench's pretrained miniature text-to-image model (RefShapes scenes, 64x64, "
                      "4.5M parameters, shipped)", {"source": str(SHAPES_DIR)},
-                     recommended={name: _SHAPES_DIFFSEGMENTER for name in (
-                         "diffsegmenter", "diffsegmenter_ncr", "diffsegmenter_uea", "diffsegmenter_ab")}),
+                     recommended={**{name: _SHAPES_DIFFSEGMENTER for name in (
+                         "diffsegmenter", "diffsegmenter_ncr", "diffsegmenter_uea", "diffsegmenter_ab")},
+                         "iseg": _SHAPES_ISEG, "goca": _SHAPES_GOCA}),
         BackboneSpec("sd15", "refbench.diffusion.backbone:load_pretrained",
                      f"Stable Diffusion 1.5 ({SD15_HUB_ID}) from the hub cache",
                      {"source": SD15_HUB_ID}),
