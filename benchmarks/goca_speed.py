@@ -11,6 +11,7 @@ slows them alike. Targets: refbench <= 1.1x the floor and at least as fast as th
     python benchmarks/goca_speed.py [--backbone sd15-random] [--repeats 1]
     python benchmarks/goca_speed.py --backbone shapes --repeats 3
     python benchmarks/goca_speed.py --device cuda --dtype fp16     # on a GPU
+    python benchmarks/goca_speed.py --threads 1                    # a shared CPU: one thread each
 
 On CUDA, peak memory is the device's (torch.cuda.max_memory_allocated), on the CPU the process's
 resident set.
@@ -31,7 +32,8 @@ WORDS = ["cat", "dog"]
 PIPELINES = ("floor", "refbench", "original")
 
 
-def worker(pipeline: str, backbone_name: str, repeats: int, device: str, dtype: str) -> dict[str, dict[str, float]]:
+def worker(pipeline: str, backbone_name: str, repeats: int, device: str, dtype: str,
+           threads: int = 0) -> dict[str, dict[str, float]]:
     """``pipeline``: one of PIPELINES (its peak memory after a warm-up and ``repeats`` runs), or
     "timing" (every pipeline, alternating, best of ``repeats`` each)."""
     import torch
@@ -46,6 +48,8 @@ def worker(pipeline: str, backbone_name: str, repeats: int, device: str, dtype: 
     from tests.reference import goca as reference
 
     torch.set_grad_enabled(False)
+    if threads:
+        torch.set_num_threads(threads)
     method = GoCA(GoCAConfig(backbone=backbone_name, device=device, dtype=dtype), host=PluginHost())
     backbone, size = method.backbone, method.size
     cuda = backbone.device.type == "cuda"
@@ -114,17 +118,19 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=1)
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "fp16", "bf16"])
+    parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--worker", choices=(*PIPELINES, "timing"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.worker:
-        print(json.dumps(worker(args.worker, args.backbone, args.repeats, args.device, args.dtype)))
+        print(json.dumps(worker(args.worker, args.backbone, args.repeats, args.device, args.dtype,
+                                args.threads)))
         return
     from benchmarks._common import print_table
 
     def run(pipeline: str, repeats: int) -> dict[str, dict[str, float]]:
         out = subprocess.run([sys.executable, __file__, "--worker", pipeline, "--backbone",
                               args.backbone, "--repeats", str(repeats), "--device",
-                              args.device, "--dtype", args.dtype],
+                              args.device, "--dtype", args.dtype, "--threads", str(args.threads)],
                              capture_output=True, text=True, check=True)
         return json.loads(out.stdout.strip().splitlines()[-1])
 
@@ -135,7 +141,7 @@ def main() -> None:
         figures[pipeline]["seconds"] = timing["seconds"]
     floor, original = figures["floor"]["seconds"], figures["original"]["seconds"]
     print(f"backbone {args.backbone}, one image with {len(WORDS)} classes at the backbone's size, "
-          f"{args.device} {args.dtype}; time: best of {args.repeats} alternating rounds after a "
+          f"{args.device} {args.dtype}{f', {args.threads} thread(s)' if args.threads else ''}; time: best of {args.repeats} alternating rounds after a "
           f"warm-up, in one process; peak memory: each pipeline in its own process")
     print_table(["pipeline", "s/image", "x floor", "original / it", "peak MB", "model MB"],
                 [[p, f["seconds"], f["seconds"] / floor, original / f["seconds"], f"{f['peak_mb']:.0f}",

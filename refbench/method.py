@@ -100,7 +100,13 @@ class Method(Protocol):
 def weights_fingerprint(method: Any) -> str:
     """The method's weights hash if it declares one (trained checkpoints), else ''."""
     fn = getattr(method, "weights_fingerprint", None)
-    return str(fn()) if callable(fn) else ""
+    fingerprint = str(fn()) if callable(fn) else ""
+    # a backbone run in half precision gives other maps than fp32: keep their rows apart
+    # (``dtype=auto`` resolves to fp16 on CUDA); fp32 keys stay as they were
+    dtype = getattr(getattr(method, "backbone", None), "dtype", None)
+    if dtype is not None and str(dtype) != "torch.float32":
+        fingerprint += f"@{str(dtype).removeprefix('torch.')}"
+    return fingerprint
 
 
 def at_reporting_threshold(scores: np.ndarray, threshold: float, reported: float = 0.5) -> np.ndarray:

@@ -43,6 +43,16 @@ SHAPES_SELF = ("up-level2-repeat0-vit-block0", "up-level2-repeat1-vit-block0",
                "down-level0-repeat0-vit-block0")
 
 
+@pytest.fixture(scope="module", autouse=True)
+def _one_thread():
+    """One intra-op thread: these models are small, and on a shared CPU a second thread mostly
+    waits (the file runs several times faster); restored afterwards."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
 @pytest.fixture(scope="module")
 def semantic(tmp_path_factory: pytest.TempPathFactory):
     """A RefShapes copy with 40+ semantic val samples (several classes per image)."""
@@ -130,6 +140,19 @@ def test_results_do_not_depend_on_the_batch(semantic):
     alone = [p for members in groups.values() for p in method.predict(_batch(members))]
     # batched kernels round differently (1e-7), which the min-max stretches; nothing else differs
     assert max(np.abs(a.scores - b.scores).max() for a, b in zip(together, alone)) < 1e-4
+
+
+def test_refinement_through_attention_equals_the_matrix(semantic, monkeypatch):
+    """Above 32 x 32 cells (SD 1.5's and SDXL's 64 x 64) S is never materialised: each layer's
+    attention is applied to the maps (SDPA). Forced here on shapes' 16 x 16 grid."""
+    import methods.goca.model as model
+
+    method = GoCA(GoCAConfig(backbone="shapes", device="cpu"), host=HOST)
+    batch = _batch(semantic[:6])
+    matrix = method.predict(batch)
+    monkeypatch.setattr(model, "SMALL_GRID", 0)
+    attention = method.predict(batch)
+    assert max(np.abs(a.scores - b.scores).max() for a, b in zip(matrix, attention)) < 1e-4
 
 
 @pytest.fixture(scope="module")

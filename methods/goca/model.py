@@ -34,15 +34,16 @@ Per image (``src-main/main.py``), one UNet forward, then:
 6. refinement (``postprocess_dispatch.py``, ``affinity_propagate``, order 2): the maps
    (background included) are multiplied twice by S, the mean over the ``space_attn_setting``
    layers of the head-averaged self-attention (``space_attn_dispatch.py``), then min-max
-   normalised;
+   normalised (S is materialised on grids up to 32 x 32; on larger ones each layer's attention
+   is applied to the maps through SDPA);
 7. background (``downstream_dispatch.py``, method "offset"): resized bilinearly to the label
    map, a pixel is background where t + background map >= every class map, t the offset (the
    original sweeps -0.4..0.4). Handed over as ((class - background) + 1) / 2 through
    ``at_reporting_threshold`` at (t + 1) / 2, so the harness's 0.5 is offset t and its argmax
    the original's.
 
-Every place where refbench computes otherwise is a config option (docs/methods/goca.md has the
-departures table).
+Where refbench computes otherwise, docs/methods/goca.md's departures table says so, with a
+config option wherever one can be had (the GPT-4o captions and the unseeded draws cannot).
 """
 
 from __future__ import annotations
@@ -73,6 +74,7 @@ FAMILIES = ("sd1", "sdxl")
 ORIGINAL_TIMESTEP = {"sd1": 101, "sdxl": 100}
 SKIPPED_TOKENS = frozenset({"a", "an", "the", "and", ",", ".", "-"})  # captioner.py
 BACKGROUND_WORD = "background"
+SMALL_GRID = 32 * 32  # up to this many cells the refinement matrix is materialised
 
 
 @dataclass(frozen=True)
@@ -314,12 +316,29 @@ class GoCA:
         background = maps[n:].amax(dim=0) if len(plan.background) else None
         return maps[:n], background
 
-    def _refine(self, record: GoCARecord, values: torch.Tensor, grid: int) -> torch.Tensor:
-        """S @ values, values (B, g^2, K): S the mean over the refinement layers of the
+    def _refinement_matrix(self, record: GoCARecord, grid: int) -> torch.Tensor:
+        """S (B, g^2, g^2), materialised: the mean over the refinement layers of the
         head-averaged self-attention, each resized to the grid as the original resizes it (keys
-        bilinear, queries nearest). A layer at the grid is applied as attention with the values
-        padded to the head width (SDPA's fused kernel: no g^2 x g^2 matrix, and on a CPU several
-        times faster than materialising it); another is materialised and resized."""
+        bilinear, queries nearest)."""
+        total = None
+        for block in self.layers.refine:
+            q, k, scale = record.self_qk[block.name]
+            r = math.isqrt(q.shape[2])
+            probs = self_attention_rows(q, k, scale, torch.arange(r * r, device=q.device))
+            if r != grid:
+                probs = F.interpolate(probs.view(-1, r * r, r, r), size=(grid, grid), mode="bilinear",
+                                      align_corners=False)
+                probs = probs.view(-1, r, r, grid * grid).permute(0, 3, 1, 2)
+                probs = F.interpolate(probs, size=(grid, grid), mode="nearest")
+                probs = probs.reshape(-1, grid * grid, grid * grid).transpose(1, 2)
+            total = probs if total is None else total + probs
+        return (total / len(self.layers.refine)).to(self._math_dtype())
+
+    def _refine(self, record: GoCARecord, values: torch.Tensor, grid: int) -> torch.Tensor:
+        """S @ values without S (values (B, g^2, K)): a refinement layer at the grid is applied
+        as attention with the values padded to the head width (SDPA's fused kernel: no g^2 x g^2
+        matrix; on a CPU several times faster than materialising S at 64 x 64); a coarser one is
+        materialised and resized."""
         total = None
         for block in self.layers.refine:
             q, k, scale = record.self_qk[block.name]
@@ -369,8 +388,13 @@ class GoCA:
         width = max(len(s) for s in stacks)
         values = torch.stack([F.pad(s.flatten(1).T, (0, width - len(s))) for s in stacks])
         values = values.to(self._math_dtype())
-        for _ in range(self.config.refine_order):
-            values = self._refine(record, values, grid)
+        if grid * grid <= SMALL_GRID:  # a small S is cheaper made once than applied as attention
+            matrix = self._refinement_matrix(record, grid)
+            for _ in range(self.config.refine_order):
+                values = matrix @ values
+        else:
+            for _ in range(self.config.refine_order):
+                values = self._refine(record, values, grid)
         out = []
         for stack, row, (maps, background) in zip(stacks, values, per_image):
             refined = minmax_maps(row[:, :len(stack)].T.reshape(len(stack), grid, grid))

@@ -211,7 +211,6 @@ class ISeg:
             starts.append(at)
             at += len(w) + len(" and ")
         tokenizer = self.backbone.tokenizer
-        alignment = align_layout(token_layout(self.backbone), prompt)
         positions: list[list[int]] = []
         if self.token_mode == "table":
             start, previous = TABLE_START, None
@@ -225,6 +224,9 @@ class ISeg:
                 positions.append([start + r for r in read])
                 previous = tokens
         else:
+            # the classes' words are tokenized as in the whole prompt: CLIP's BPE (and T5's
+            # pieces) split at spaces, so the words after them change nothing before
+            alignment = align_layout(token_layout(self.backbone), PREFIX + " and ".join(words))
             for i, begin in zip(order, starts):
                 word, tokens, read = entries[i][0]
                 spans, offset = [], begin
@@ -233,15 +235,17 @@ class ISeg:
                     offset += len(piece) + 1
                 chosen = [spans[r] for r in read] if tokens and tokens == len(spans) else spans
                 positions.append([p for span in chosen for p in alignment.positions(*span)])
+        context = token_layout(self.backbone)[0].length
+        n_tokens = len(tokenizer(prompt, truncation=False)["input_ids"])
         info = {"classes": len(samples), "unknown_class": sum(not e[1] for e in entries),
-                "truncated": int(alignment.truncated), "aligned_tokens": int(self.token_mode == "aligned"),
+                "truncated": int(n_tokens > context), "aligned_tokens": int(self.token_mode == "aligned"),
                 "generalised_heads": int(self.heads == "all")}
-        last = alignment.last_kept_position
+        last = context - 2  # the last content token a truncated prompt keeps (EOS after it)
         if any(p > last for ps in positions for p in ps):
             if self.config.overlong == "error":
                 raise UserError(
-                    f"image of sample {samples[0].sample_id}: the prompt has {alignment.n_tokens} tokens, "
-                    f"over the model's {alignment.max_length}, and a class is cut off: shorten "
+                    f"image of sample {samples[0].sample_id}: the prompt has {n_tokens} tokens, "
+                    f"over the model's {context}, and a class is cut off: shorten "
                     f"background_words, or --set iseg.overlong=truncate to read the last kept token")
             positions = [[p for p in ps if p <= last] or [last] for ps in positions]
             info["target_lost"] = 1
