@@ -217,6 +217,12 @@ def test_the_prompt_and_the_tokens_read_are_the_scripts():
     assert plan.prompt.startswith("a photograph of people and fire hydrant and stop sign and other")
     # CLIP's BPE: fire hydrant is 3 tokens, the table says 2, so "stop sign" is read at "and stop"
     assert plan.positions == [[4], [7], [9, 10]]
+    many = [dataclasses.replace(sample("circle", k), sample_id=f"x:{k}", meta={"category_id": k})
+            for k in range(1, 41)]  # 40 classes: 3 + 40 + 39 tokens, over the 77 of the context
+    with pytest.raises(UserError, match="a class is cut off"):
+        method._plan(many)
+    cut = ISeg(ISegConfig(backbone="tiny-sd2", device="cpu", overlong="truncate"), host=HOST)._plan(many)
+    assert cut.info["target_lost"] == 1 and cut.info["truncated"] == 1 and max(map(max, cut.positions)) == 75
 
 
 def test_the_word_tables_are_isegs_keyed_by_the_readers_names():

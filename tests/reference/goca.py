@@ -203,7 +203,7 @@ def gaussian_blur(img: torch.Tensor, kernel_size: int = 5) -> torch.Tensor:
 def original_maps(backbone: Any, image: np.ndarray, words: list[str], seed: int,
                   cross_layers: tuple[str, ...], ref_layer: str, self_layers: tuple[str, ...],
                   t: int = 101, offset: float = 0.0, background_token: bool = True,
-                  ref_channels: str = "first", size: int | None = None
+                  ref_channels: str = "first", size: int | None = None, order: int = 2
                   ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """(class maps (n, H, W), supporting background map (H, W), label map (H, W): 0 background,
     i + 1 the i-th word) of the original run on ``image`` with ``words`` as its GPT caption."""
@@ -310,7 +310,7 @@ def original_maps(backbone: Any, image: np.ndarray, words: list[str], seed: int,
         supporting = torch.zeros((1, grid, grid), dtype=scores.dtype)
     cross_feat = torch.cat([classes, supporting])
 
-    # self_attn_run, then affinity_propagate (order 2)
+    # self_attn_run, then affinity_propagate
     space = []
     for k in (k for k in store if k.endswith("-self-map") and k[:-len("-self-map")] in self_layers):
         s = store[k][0].mean(0)
@@ -323,7 +323,7 @@ def original_maps(backbone: Any, image: np.ndarray, words: list[str], seed: int,
     null = cross_feat[-1].amin() == 0 and cross_feat[-1].amax() == 0
     kept = cross_feat[:-1] if null else cross_feat
     c = kept.reshape(len(kept), -1).permute(1, 0)
-    for _ in range(2):
+    for _ in range(order):  # the postprocess step's 'order' (2 in the released configs)
         c = space @ c
     c = c.permute(1, 0).reshape(len(kept), grid, grid)
     low, high = c.amin(dim=[1, 2], keepdim=True), c.amax(dim=[1, 2], keepdim=True)
