@@ -20,7 +20,7 @@ from tests.conftest import REPO, run_cli
 
 
 def _readme_example() -> str:
-    text = (REPO / "README.md").read_text()
+    text = (REPO / "docs" / "api.md").read_text()
     match = re.search(r"<!-- api-example -->\n```python\n(.*?)```", text, re.S)
     assert match, "the README's API example is marked <!-- api-example -->"
     return match.group(1)
